@@ -1,0 +1,181 @@
+"""The pipeline's configuration: one pydantic model, loaded from YAML, the one place for defaults.
+
+``configs/duo.yaml`` and ``configs/azure.yaml`` are instances of :class:`DFPConfig`. Command-line
+flags override file values (see :func:`load_config`). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dfp_ray.autoencoder.params import AutoencoderParams
+from dfp_ray.yaml_config import ConfigError, parse_override, read_yaml, set_dotted, validate_model
+
+TrainUsers = Literal["all", "generic", "individual", "none"]
+GENERIC_USER = "generic_user"
+DEFAULT_STATE_DIR = ".dfp_ray"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MLflowConfig(_Strict):
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. Default: sqlite:///<state_dir>/mlflow.db (embedded, no server). "
+        "Any MLflow URI works: http://host:5000, databricks, ...",
+    )
+    registry_uri: str | None = Field(None, description="Model-registry URI, if different from tracking_uri.")
+    artifact_location: str | None = Field(
+        None, description="Artifact root for new experiments. Default: <state_dir>/mlartifacts."
+    )
+    model_name_template: str = Field(
+        "DFP-{source}-{user}", description="Registered model name; {user} is made registry-safe."
+    )
+    experiment_template: str = Field(
+        "dfp/{source}/training/{model}", description="Experiment per registered model."
+    )
+    refresh_seconds: float = Field(
+        30.0, ge=0, description="How often a cached model checks the registry for a newer version."
+    )
+
+
+class DetectionConfig(_Strict):
+    threshold: float = Field(2.0, description="Rows whose score column exceeds this are detections.")
+    score_column: Literal["mean_abs_z", "max_abs_z"] = "mean_abs_z"
+
+
+class OutputConfig(_Strict):
+    directory: str = Field("dfp_output", description="Where detection files are written (local or s3://).")
+    format: Literal["csv", "jsonl"] = "csv"
+    filename_template: str = Field(
+        "dfp_detections_{source}.{ext}", description="Detections file name; {source}, {ext}."
+    )
+    scores_filename_template: str = Field("dfp_scores_{source}.{ext}", description="All-scores file name.")
+    write_all_scores: bool = Field(False, description="Also write every scored row, not just detections.")
+    include_columns: list[str] = Field(default_factory=list, description="Regexes; keep only matching columns.")
+    exclude_columns: list[str] = Field(default_factory=list, description="Regexes; drop matching columns.")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray cluster address; None starts/uses a local Ray.")
+    num_user_actors: int | None = Field(
+        None, ge=1, description="User-actor pool size. Default: GPUs when present, else CPUs available to Ray."
+    )
+    num_gpus_per_actor: float = Field(
+        0.0, ge=0, description="Fractional GPUs per user actor (0 = CPU; e.g. 0.25 packs 4 actors per GPU)."
+    )
+    num_cpus_per_actor: float = Field(1.0, gt=0)
+    max_models_cached: int = Field(256, ge=1, description="Loaded models kept per user actor (LRU).")
+    max_in_flight: int = Field(
+        0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."
+    )
+
+
+class WindowConfig(_Strict):
+    """Rolling window for streaming messages (REFERENCE A4 step 7)."""
+
+    min_history: int = Field(300, ge=1, description="Training: rows a user needs before a model is trained.")
+    min_increment: int = Field(300, ge=0, description="Training: new rows needed since the last training.")
+    max_history_days: int = Field(60, ge=1, description="Training window length in days.")
+
+
+class DFPConfig(_Strict):
+    """Everything a DFP run needs; the defaults are Morpheus's where it has one."""
+
+    source: str = Field("duo", description="Log source name (model names, output names).")
+    schema_: str | None = Field(
+        None,
+        alias="schema",
+        description="Built-in schema name (duo, azure) or path to a schema YAML. Default: the source name.",
+    )
+    state_dir: str = Field(
+        DEFAULT_STATE_DIR, description="Local state: embedded MLflow, load cache, checkpoints, dead letters."
+    )
+    train_users: TrainUsers = Field(
+        "all", description="all = generic + one per user; generic; individual; none (inference only)."
+    )
+    only_users: list[str] = Field(default_factory=list, description="Process only these users.")
+    skip_users: list[str] = Field(default_factory=list, description="Ignore these users.")
+    min_train_rows: int = Field(
+        10, ge=2, description="Payload training: users with fewer rows get no model (generic fallback)."
+    )
+    fallback_to_generic: bool = Field(True, description="Infer with the generic model when a user has none.")
+    cache_loaded_files: bool = Field(True, description="Cache mapped frames on disk under state_dir/cache.")
+    autoencoder: AutoencoderParams = Field(default_factory=AutoencoderParams)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for s3:// inputs/outputs (e.g. client_kwargs)."
+    )
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("source")
+    @classmethod
+    def _source_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError("source must be a non-empty name without slashes or spaces")
+        return v
+
+    @property
+    def schema_ref(self) -> str:
+        return self.schema_ or self.source
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{self.state_path / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return self.mlflow.artifact_location or (self.state_path / "mlartifacts").as_uri()
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> DFPConfig:
+    """Load a config file (or the defaults) and apply dotted-key overrides.
+
+    Overrides come from CLI flags, e.g. ``{"output.directory": "out", "autoencoder.epochs": 5}``;
+    ``None`` values are ignored so unset flags never clobber the file.
+    """
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, key, value)
+    return validate_model(data, DFPConfig, str(path) if path else "<defaults + command line>")
+
+
+def overrides_from_strings(items: list[str] | None) -> dict[str, Any]:
+    """``--set key.path=value`` flags -> an overrides dict."""
+    result: dict[str, Any] = {}
+    for item in items or []:
+        key, value = parse_override(item)
+        result[key] = value
+    return result
+
+
+__all__ = [
+    "ConfigError",
+    "DFPConfig",
+    "DetectionConfig",
+    "GENERIC_USER",
+    "MLflowConfig",
+    "OutputConfig",
+    "RayConfig",
+    "WindowConfig",
+    "load_config",
+    "overrides_from_strings",
+]
