@@ -1,0 +1,1 @@
+"""Thin Ray wrappers that own state and concurrency; the logic lives in the core modules."""

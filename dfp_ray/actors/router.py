@@ -1,0 +1,194 @@
+"""The router actor: control message -> files -> batches -> frames -> per-user work.
+
+It expands a message's globs, batches the files, loads and maps them (with the on-disk
+cache), splits the rows by user and sends each user's rows to the one user actor that owns
+the user (stable crc32 assignment). Work in flight is bounded (``ray.max_in_flight``), and a
+message counts as done only once its training results are registered and its detections
+written by the sink. The actor is threaded so the driver can poll :meth:`progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import partial
+from typing import Any
+
+import pandas as pd
+import ray
+
+from dfp_ray.config import DFPConfig
+from dfp_ray.files import NoFilesMatched, batch_files, expand_globs
+from dfp_ray.loading import FrameCache, load_files
+from dfp_ray.messages import ControlMessage, Rejection
+from dfp_ray.schema import SourceSchema, map_fields
+from dfp_ray.users import filter_users, owner_index, split_by_user
+
+log = logging.getLogger(__name__)
+
+
+def _map_only(raw: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+    return map_fields(raw, schema)[0]
+
+
+class _Progress:
+    """Counters the driver turns into progress bars (thread-safe snapshot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values: dict[str, Any] = {}
+        self.reset("")
+
+    def reset(self, message_id: str) -> None:
+        with self._lock:
+            self.values = {
+                "message_id": message_id, "stage": "starting", "files_total": 0, "files_loaded": 0,
+                "rows_loaded": 0, "users_total": 0, "users_done": 0, "kind": "",
+            }
+
+    def update(self, **kw: Any) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                if k.startswith("add_"):
+                    self.values[k[4:]] += v
+                else:
+                    self.values[k] = v
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.values)
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class RouterActor:
+    def __init__(self, cfg: dict, schema: dict, user_actors: list, sink):
+        self.cfg = DFPConfig.model_validate(cfg)
+        self.schema = SourceSchema.model_validate(schema)
+        self.actors = user_actors
+        self.sink = sink
+        self.cache = FrameCache(self.cfg.state_path / "cache", enabled=self.cfg.cache_loaded_files)
+        self.max_in_flight = self.cfg.ray.max_in_flight or 2 * len(user_actors)
+        self.progress_state = _Progress()
+
+    def progress(self) -> dict[str, Any]:
+        return self.progress_state.snapshot()
+
+    def owner_of(self, user: str) -> int:
+        return owner_index(user, len(self.actors))
+
+    # ------------------------------------------------------------------------------------
+    def process(self, message: dict) -> dict[str, Any]:
+        """Run one control message to completion; never raises for bad input."""
+        msg = ControlMessage.model_validate(message)
+        self.progress_state.reset(msg.message_id)
+        start = time.perf_counter()
+        result: dict[str, Any] = {
+            "message_id": msg.message_id, "kind": msg.kind, "data_type": msg.metadata.data_type,
+            "files": 0, "rows": 0, "trained": [], "skipped_users": [], "inferred": [],
+            "scored": 0, "detections": 0, "rejection": None, "errors": [],
+        }
+        try:
+            self._process(msg, result)
+        except NoFilesMatched as exc:
+            result["rejection"] = self._reject(msg, "tasks.load.files", str(exc))
+        except Exception as exc:  # bad input must never kill the router
+            log.exception("message %s failed", msg.message_id)
+            result["rejection"] = self._reject(msg, None, f"{type(exc).__name__}: {exc}")
+        result["seconds"] = time.perf_counter() - start
+        self.progress_state.update(stage="done")
+        return result
+
+    def _reject(self, msg: ControlMessage, field: str | None, reason: str) -> dict:
+        return Rejection(message_id=msg.message_id, field=field, reason=reason,
+                         raw=msg.model_dump(mode="json")).model_dump(mode="json")
+
+    def _process(self, msg: ControlMessage, result: dict[str, Any]) -> None:
+        opts = self.cfg.storage_options
+        files = expand_globs(msg.files, storage_options=opts)
+        batches = batch_files(files, msg.metadata.batching_options, msg.metadata.data_type)
+        total_files = sum(len(b.files) for b in batches)
+        self.progress_state.update(stage="loading", files_total=total_files, kind=msg.kind)
+        if total_files == 0:
+            raise NoFilesMatched(
+                f"{len(files)} file(s) matched {msg.files} but none fall inside the batching window "
+                f"{msg.metadata.batching_options}"
+            )
+        file_opts = msg.metadata.file_to_df_options
+        transform = partial(_map_only, schema=self.schema)
+        for batch in batches:
+            loaded = load_files(
+                batch.files, options=file_opts, storage_options=opts, transform=transform,
+                transform_id=self.schema.fingerprint(), cache=self.cache,
+            )
+            if loaded.errors:
+                raise ValueError(
+                    "unreadable file(s): " + "; ".join(f"{e.url}: {e.reason}" for e in loaded.errors)
+                )
+            frame = filter_users(loaded.frame, self.schema.user_column, self.cfg.only_users, self.cfg.skip_users)
+            result["files"] += len(batch.files)
+            result["rows"] += len(frame)
+            self.progress_state.update(add_files_loaded=len(batch.files), add_rows_loaded=len(frame))
+            if frame.empty:
+                continue
+            if msg.kind == "training":
+                self._train(frame, msg.metadata.data_type, result)
+            elif msg.kind == "inference":
+                self._infer(frame, result)
+
+    def _train(self, frame: pd.DataFrame, data_type: str, result: dict[str, Any]) -> None:
+        if self.cfg.train_users == "none":
+            return
+        user_col = self.schema.user_column
+        work = list(split_by_user(frame, user_col, train_users=self.cfg.train_users, for_training=True))
+        self.progress_state.update(stage="training", add_users_total=len(work))
+        pending: list = []
+        # Largest frames first: the generic model is the long pole, start it early.
+        for user, uframe in sorted(work, key=lambda w: -len(w[1])):
+            actor = self.actors[self.owner_of(user)]
+            pending.append(actor.train.remote(user, uframe, data_type))
+            pending = self._drain(pending, result, limit=self.max_in_flight)
+        self._drain(pending, result, limit=0)
+
+    def _drain(self, pending: list, result: dict[str, Any], limit: int) -> list:
+        while len(pending) > limit:
+            done, pending = ray.wait(pending, num_returns=1)
+            res = ray.get(done[0])
+            (result["trained"] if res["trained"] else result["skipped_users"]).append(res)
+            self.progress_state.update(add_users_done=1)
+        return pending
+
+    def _infer(self, frame: pd.DataFrame, result: dict[str, Any]) -> None:
+        work = list(split_by_user(frame, self.schema.user_column, for_training=False))
+        self.progress_state.update(stage="inference", add_users_total=len(work))
+        in_flight: list[tuple] = []
+        ready_frames: list = []
+        writes: list = []
+
+        def collect(limit: int) -> None:
+            nonlocal in_flight
+            while len(in_flight) > limit:
+                refs = [s for _, s in in_flight]
+                done, _ = ray.wait(refs, num_returns=1)
+                idx = refs.index(done[0])
+                frame_ref, summary_ref = in_flight.pop(idx)
+                summary = ray.get(summary_ref)
+                result["inferred"].append(summary)
+                if summary.get("error"):
+                    result["errors"].append(summary["error"])
+                else:
+                    ready_frames.append(frame_ref)
+                self.progress_state.update(add_users_done=1)
+            if len(ready_frames) >= 64 or (limit == 0 and ready_frames):
+                writes.append(self.sink.write.remote(*ready_frames))
+                ready_frames.clear()
+
+        for user, uframe in work:
+            actor = self.actors[self.owner_of(user)]
+            frame_ref, summary_ref = actor.infer.remote(user, uframe)
+            in_flight.append((frame_ref, summary_ref))
+            collect(self.max_in_flight)
+        collect(0)
+        for w in ray.get(writes):  # durable before the message counts as done
+            result["scored"] += w["scored"]
+            result["detections"] += w["detections"]

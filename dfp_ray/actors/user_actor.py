@@ -1,0 +1,43 @@
+"""User actors: each owns a stable subset of users, their rolling windows and loaded models."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import ray
+
+from dfp_ray.config import DFPConfig
+from dfp_ray.schema import SourceSchema
+from dfp_ray.user_work import UserWorker
+
+
+@ray.remote
+class UserActor:
+    """Wraps :class:`~dfp_ray.user_work.UserWorker`; one process per actor."""
+
+    def __init__(self, cfg: dict, schema: dict, index: int):
+        import torch
+
+        threads = max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        torch.set_num_threads(threads)
+        self.index = index
+        self.worker = UserWorker(DFPConfig.model_validate(cfg), SourceSchema.model_validate(schema), index)
+
+    def train(self, user: str, frame: pd.DataFrame, data_type: str) -> dict:
+        return self.worker.train(user, frame, data_type).model_dump()
+
+    @ray.method(num_returns=2)
+    def infer(self, user: str, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, dict]:
+        try:
+            scored, result = self.worker.infer(user, frame)
+        except LookupError as exc:  # no model: report it, keep the actor and the run alive
+            return None, {"user": user, "rows": len(frame), "model_version": None, "seconds": 0.0,
+                          "worker": self.index, "error": str(exc)}
+        return scored, result.model_dump()
+
+    def users(self) -> list[str]:
+        return sorted(self.worker.users_seen)
+
+    def pid(self) -> int:
+        return os.getpid()

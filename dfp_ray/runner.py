@@ -1,0 +1,239 @@
+"""The driver of a batch run: control-message files in, detections out, a summary back.
+
+Starts (or joins) Ray, creates the user-actor pool, the sink and the router, feeds the
+router one control message at a time (messages run in file order, so a training message
+finishes before the inference message after it), shows progress bars, writes rejected
+messages to a dead-letter file and returns a :class:`RunSummary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from dfp_ray.config import DFPConfig
+from dfp_ray.messages import ControlMessage, DeadLetterWriter, Rejection, parse_control_messages
+from dfp_ray.schema import SourceSchema, load_schema
+
+log = logging.getLogger(__name__)
+
+
+class RunSummary(BaseModel):
+    messages: int = 0
+    rejected: int = 0
+    files: int = 0
+    rows: int = 0
+    users_trained: int = 0
+    users_skipped: int = 0
+    users_scored: int = 0
+    rows_scored: int = 0
+    detections: int = 0
+    seconds: float = 0.0
+    detections_path: str | None = None
+    scores_path: str | None = None
+    dead_letter_path: str | None = None
+    rejections: list[dict[str, Any]] = Field(default_factory=list)
+    messages_detail: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.rejected == 0
+
+    def table(self) -> str:
+        rows = [
+            ("messages processed", self.messages), ("messages rejected", self.rejected),
+            ("files loaded", self.files), ("rows loaded", self.rows),
+            ("users trained", self.users_trained), ("users skipped (too few rows)", self.users_skipped),
+            ("users scored", self.users_scored), ("rows scored", self.rows_scored),
+            ("detections", self.detections), ("wall time (s)", f"{self.seconds:.1f}"),
+        ]
+        if self.detections_path:
+            rows.append(("detections file", self.detections_path))
+        if self.scores_path:
+            rows.append(("scores file", self.scores_path))
+        if self.rejected:
+            rows.append(("dead letters", self.dead_letter_path))
+        width = max(len(k) for k, _ in rows)
+        lines = ["Run summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows]
+        for r in self.rejections:
+            field = f" [{r.get('field')}]" if r.get("field") else ""
+            lines.append(f"REJECTED {r['message_id']}{field}: {r['reason']}")
+        return "\n".join(lines)
+
+
+def init_ray(address: str | None, *, quiet: bool = True) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "configure_logging": quiet}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["include_dashboard"] = False
+    ray.init(**kwargs)
+
+
+def apply_time_window(messages: list[ControlMessage], start: str | None, duration: str | None) -> None:
+    """``--start-time``/``--duration`` override every message's batching window."""
+    if not start and not duration:
+        return
+    from dfp_ray.messages import BatchingOptions
+
+    for msg in messages:
+        opts = msg.metadata.batching_options or BatchingOptions()
+        begin = datetime.fromisoformat(start) if start else opts.start_time
+        updates: dict[str, Any] = {}
+        if start:
+            updates["start_time"] = begin
+        if duration:
+            if begin is None:
+                raise ValueError("--duration needs --start-time (or a start_time in the message)")
+            import pandas as pd
+
+            updates["end_time"] = pd.Timestamp(begin) + pd.Timedelta(duration) - timedelta(microseconds=1)
+        msg.metadata.batching_options = opts.model_copy(update=updates)
+
+
+class Pipeline:
+    """A warm pipeline: actors stay up between :meth:`run_messages` calls (benchmarks, tests)."""
+
+    def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None):
+        import ray
+
+        from dfp_ray.actors.router import RouterActor
+        from dfp_ray.actors.sink import SinkActor
+        from dfp_ray.actors.user_actor import UserActor
+
+        init_ray(cfg.ray.address)
+        self.cfg = cfg
+        self.schema = schema or load_schema(cfg.schema_ref)
+        cfg.state_path.mkdir(parents=True, exist_ok=True)
+        resources = ray.available_resources()
+        gpus = int(resources.get("GPU", 0))
+        n = cfg.ray.num_user_actors or (gpus if gpus and cfg.ray.num_gpus_per_actor else
+                                        max(1, int(resources.get("CPU", 1))))
+        cfg_d = cfg.model_dump(mode="json", by_alias=True)
+        schema_d = self.schema.model_dump(mode="json")
+        opts = {"num_cpus": cfg.ray.num_cpus_per_actor}
+        if cfg.ray.num_gpus_per_actor:
+            opts["num_gpus"] = cfg.ray.num_gpus_per_actor
+        self.user_actors = [UserActor.options(**opts).remote(cfg_d, schema_d, i) for i in range(n)]
+        self.sink = SinkActor.remote(cfg_d)
+        self.router = RouterActor.remote(cfg_d, schema_d, self.user_actors, self.sink)
+        ray.get([a.pid.remote() for a in self.user_actors])  # fail fast if an actor can't start
+
+    def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[dict[str, Any]]:
+        import ray
+
+        results = []
+        for msg in messages:
+            ref = self.router.process.remote(msg.model_dump(mode="json"))
+            results.append(self._wait_with_progress(ref, msg, progress))
+        return results
+
+    def _wait_with_progress(self, ref, msg: ControlMessage, progress: bool) -> dict[str, Any]:
+        import ray
+        from tqdm import tqdm
+
+        show = progress and sys.stderr.isatty()
+        bars: dict[str, tqdm] = {}
+        while True:
+            done, _ = ray.wait([ref], timeout=0.25)
+            state = ray.get(self.router.progress.remote())
+            if show:
+                self._draw(bars, state, msg)
+            if done:
+                break
+        for bar in bars.values():
+            bar.close()
+        return ray.get(ref)
+
+    @staticmethod
+    def _draw(bars: dict, state: dict, msg: ControlMessage) -> None:
+        from tqdm import tqdm
+
+        if state["files_total"]:
+            bar = bars.setdefault("load", tqdm(total=state["files_total"], desc=f"load  {msg.message_id}",
+                                               unit="file", leave=False))
+            bar.n = state["files_loaded"]
+            bar.refresh()
+        if state["users_total"]:
+            label = "train" if state["kind"] == "training" else "infer"
+            bar = bars.setdefault(label, tqdm(total=state["users_total"], desc=f"{label} {msg.message_id}",
+                                              unit="user", leave=False))
+            bar.total = state["users_total"]
+            bar.n = state["users_done"]
+            bar.refresh()
+
+    def output_paths(self) -> dict:
+        import ray
+
+        return ray.get(self.sink.paths.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in [self.router, self.sink, *self.user_actors]:
+            ray.kill(a)
+
+
+def run(
+    cfg: DFPConfig,
+    input_files: list[str],
+    *,
+    start_time: str | None = None,
+    duration: str | None = None,
+    progress: bool = True,
+    pipeline: Pipeline | None = None,
+) -> RunSummary:
+    started = time.perf_counter()
+    summary = RunSummary()
+    dead_path = Path(cfg.state_dir) / f"dead_letters_{cfg.source}.jsonl"
+    dead = DeadLetterWriter(dead_path)
+    messages: list[ControlMessage] = []
+    rejections: list[Rejection] = []
+    for path in input_files:
+        parsed = parse_control_messages(path)
+        messages.extend(parsed.messages)
+        rejections.extend(parsed.rejections)
+    apply_time_window(messages, start_time, duration)
+    owned = pipeline is None
+    pipe = pipeline or Pipeline(cfg)
+    try:
+        results = pipe.run_messages(messages, progress=progress)
+        paths = pipe.output_paths()
+    finally:
+        if owned:
+            pipe.shutdown()
+    for rej in rejections:
+        dead.write(rej)
+        summary.rejections.append(rej.model_dump(mode="json"))
+    for res in results:
+        if res["rejection"]:
+            rej = Rejection.model_validate(res["rejection"])
+            dead.write(rej)
+            summary.rejections.append(rej.model_dump(mode="json"))
+        summary.files += res["files"]
+        summary.rows += res["rows"]
+        summary.users_trained += len(res["trained"])
+        summary.users_skipped += len(res["skipped_users"])
+        summary.users_scored += sum(1 for r in res["inferred"] if not r.get("error"))
+        summary.rows_scored += res["scored"]
+        summary.detections += res["detections"]
+        summary.messages_detail.append(res)
+    summary.messages = len(messages) + len(rejections)
+    summary.rejected = len(summary.rejections)
+    summary.detections_path = paths["detections"]
+    summary.scores_path = paths["scores"]
+    summary.dead_letter_path = str(dead_path) if summary.rejected else None
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,155 @@
+"""What a user actor does, without Ray: train, register, look up, score (REFERENCE A4 steps 7-13).
+
+:class:`UserWorker` holds the state a user actor owns (rolling windows, a cache of loaded
+models) and implements training and inference for one user's rows. The Ray actor in
+:mod:`dfp_ray.actors.user_actor` is a thin wrapper, so tests and notebooks can run the very
+same code without a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel
+
+from dfp_ray.config import GENERIC_USER, DFPConfig
+from dfp_ray.detections import add_postprocessing
+from dfp_ray.rolling_window import RollingWindow
+from dfp_ray.schema import SourceSchema, prepare_features
+
+log = logging.getLogger(__name__)
+
+
+class TrainResult(BaseModel):
+    user: str
+    rows: int
+    trained: bool
+    model_version: str | None = None
+    seconds: float = 0.0
+    reason: str = ""
+    worker: int = -1
+    epochs_run: int = 0
+    best_val_loss: float | None = None
+
+
+class InferResult(BaseModel):
+    user: str
+    rows: int
+    model_version: str | None
+    seconds: float
+    worker: int
+    error: str = ""
+
+
+class NoModelError(LookupError):
+    """Neither the user nor the generic model is registered."""
+
+
+class UserWorker:
+    """Per-actor state and the train / infer logic for the users this actor owns."""
+
+    def __init__(self, cfg: DFPConfig, schema: SourceSchema, worker_index: int = 0):
+        from dfp_ray.registry import ModelCache, ModelRegistry
+
+        self.cfg = cfg
+        self.schema = schema
+        self.worker_index = worker_index
+        self.registry = ModelRegistry.from_config(cfg)
+        self.cache = ModelCache(
+            self.registry, max_models=cfg.ray.max_models_cached, refresh_seconds=cfg.mlflow.refresh_seconds
+        )
+        self.windows: dict[str, RollingWindow] = {}
+        self.users_seen: set[str] = set()
+
+    # ---- rolling windows (streaming training) -------------------------------------------
+    def _window_path(self, user: str) -> Path:
+        from dfp_ray.registry import safe_user_name
+
+        return self.cfg.state_path / "windows" / self.cfg.source / f"{safe_user_name(user)}.parquet"
+
+    def _window(self, user: str) -> RollingWindow:
+        win = self.windows.get(user)
+        if win is None:
+            path = self._window_path(user)
+            s = self.schema
+            if path.exists():
+                win = RollingWindow.load(path, self.cfg.window, s.time_column, s.event_id_column)
+            else:
+                win = RollingWindow(self.cfg.window, s.time_column, s.event_id_column)
+            self.windows[user] = win
+        return win
+
+    # ---- training -----------------------------------------------------------------------
+    def train(self, user: str, frame: pd.DataFrame, data_type: str = "payload") -> TrainResult:
+        """Train (and register) a model for ``user`` on ``frame`` (mapped rows, any order)."""
+        from dfp_ray.autoencoder import DFPAutoencoder
+
+        start = time.perf_counter()
+        self.users_seen.add(user)
+        if data_type == "streaming":
+            win = self._window(user)
+            due = win.append(frame)
+            win.save(self._window_path(user))
+            if due is None:
+                return TrainResult(
+                    user=user, rows=len(frame), trained=False, worker=self.worker_index,
+                    reason=f"rolling window holds {len(win.rows)} rows, {win.new_since_emit} new "
+                    f"(needs {self.cfg.window.min_history} and {self.cfg.window.min_increment} new)",
+                )
+            frame = due
+        if len(frame) < self.cfg.min_train_rows:
+            return TrainResult(
+                user=user, rows=len(frame), trained=False, worker=self.worker_index,
+                reason=f"{len(frame)} rows < min_train_rows={self.cfg.min_train_rows}",
+            )
+        s = self.schema
+        prepared = prepare_features(frame, s)
+        model = DFPAutoencoder(
+            categorical=s.features.categorical, numeric=s.features.numeric, binary=s.features.binary,
+            params=self.cfg.autoencoder,
+        )
+        report = model.fit(prepared)
+        times = prepared[s.time_column]
+        ref = self.registry.register(
+            source=self.cfg.source, user=user, model=model, report=report, schema=s,
+            first_event=times.min().to_pydatetime(), last_event=times.max().to_pydatetime(),
+            tags={"data_type": data_type},
+        )
+        self.cache.put(self.cfg.source, user, model, ref)
+        return TrainResult(
+            user=user, rows=len(prepared), trained=True, model_version=ref.label,
+            seconds=time.perf_counter() - start, worker=self.worker_index,
+            epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
+        )
+
+    # ---- inference ----------------------------------------------------------------------
+    def model_for(self, user: str):
+        """The user's latest model, else the generic one; raises NoModelError with advice."""
+        found = self.cache.get(self.cfg.source, user)
+        if found is None and self.cfg.fallback_to_generic and user != GENERIC_USER:
+            found = self.cache.get(self.cfg.source, GENERIC_USER)
+        if found is None:
+            raise NoModelError(
+                f"no model registered for user '{user}' of source '{self.cfg.source}'"
+                + (" and no generic model" if self.cfg.fallback_to_generic else "")
+                + f" in the registry at {self.cfg.tracking_uri}; run a training message first "
+                "(train_users=all or generic trains the fallback model)"
+            )
+        return found
+
+    def infer(self, user: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, InferResult]:
+        """Score every row of ``frame``; returns the scored rows (post-processed) and a summary."""
+        start = time.perf_counter()
+        self.users_seen.add(user)
+        model, ref = self.model_for(user)
+        prepared = prepare_features(frame, self.schema)
+        scores = model.score(prepared)
+        scored = pd.concat([prepared.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+        scored = add_postprocessing(scored, model_version=ref.label)
+        return scored, InferResult(
+            user=user, rows=len(scored), model_version=ref.label,
+            seconds=time.perf_counter() - start, worker=self.worker_index,
+        )
