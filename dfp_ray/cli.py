@@ -18,7 +18,6 @@ COMMAND_MODULES = [
     "dfp_ray.commands.demo",
     "dfp_ray.commands.run",
     "dfp_ray.commands.datagen",
-    "dfp_ray.commands.train",
     "dfp_ray.commands.fingerprint",
     "dfp_ray.commands.report",
 ]

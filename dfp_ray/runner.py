@@ -132,7 +132,6 @@ class Pipeline:
         ray.get([a.pid.remote() for a in self.user_actors])  # fail fast if an actor can't start
 
     def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[dict[str, Any]]:
-        import ray
 
         results = []
         for msg in messages:
