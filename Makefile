@@ -38,7 +38,7 @@ lint: $(BIN)/.stamp-test  ## ruff
 	$(BIN)/ruff check dfp_ray tests benchmarks
 
 bench: $(BIN)/.stamp-test  ## benchmarks (prints figures and ratios)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .venv-bench demo_output .dfp_ray
