@@ -37,8 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dfp_ray.config import load_config
     from dfp_ray.datagen import DatagenConfig, generate
-    from dfp_ray.evaluation import evaluate, format_evaluation, load_ground_truth, meets_quality_bar
-    from dfp_ray.output import read_table
+    from dfp_ray.evaluation import (
+        evaluate,
+        format_evaluation,
+        load_ground_truth,
+        load_scores,
+        meets_quality_bar,
+    )
     from dfp_ray.report import write_html_report
     from dfp_ray.runner import Pipeline, init_ray
     from dfp_ray.runner import run as run_pipeline
@@ -77,14 +82,15 @@ def run(args: argparse.Namespace) -> int:
             all_ok = False
             continue
         print(f"[4/4] {source}: evaluation against the injected ground truth")
-        scores = read_table(infer.scores_path)
+        scores = load_scores(infer.scores_path)
         truth = load_ground_truth(data_dir / source / "ground_truth.csv")
         result = evaluate(scores, truth, threshold=cfg.detection.threshold)
         print(format_evaluation(result))
         ok, reasons = meets_quality_bar(result)
         print("quality bar (precision>=0.9, recall>=0.9, FPR<=1%):", "MET" if ok else "NOT MET: " + "; ".join(reasons))
         report = write_html_report(scores, out / source / "report.html", threshold=cfg.detection.threshold,
-                                   ground_truth=truth, title=f"dfp_ray demo: {source}")
+                                   ground_truth=truth, title=f"dfp_ray demo: {source}",
+                                   evaluation=result)
         print(f"      report: {report}")
         print(f"      Train: {train.seconds:.1f} s, inference: {infer.seconds:.1f} s "
               f"({infer.rows_scored / max(infer.seconds, 1e-9):,.0f} events/s)")
