@@ -19,7 +19,7 @@ import pandas as pd
 import ray
 
 from dfp_ray.config import DFPConfig
-from dfp_ray.files import NoFilesMatched, batch_files, expand_globs
+from dfp_ray.files import FileSelectionError, plan_batches
 from dfp_ray.loading import FrameCache, load_files
 from dfp_ray.messages import ControlMessage, Rejection
 from dfp_ray.schema import SourceSchema, map_fields
@@ -90,8 +90,8 @@ class RouterActor:
         }
         try:
             self._process(msg, result)
-        except NoFilesMatched as exc:
-            result["rejection"] = self._reject(msg, "tasks.load.files", str(exc))
+        except FileSelectionError as exc:
+            result["rejection"] = self._reject(msg, exc.field, exc.reason)
         except Exception as exc:  # bad input must never kill the router
             log.exception("message %s failed", msg.message_id)
             result["rejection"] = self._reject(msg, None, f"{type(exc).__name__}: {exc}")
@@ -100,20 +100,13 @@ class RouterActor:
         return result
 
     def _reject(self, msg: ControlMessage, field: str | None, reason: str) -> dict:
-        return Rejection(message_id=msg.message_id, field=field, reason=reason,
-                         raw=msg.model_dump(mode="json")).model_dump(mode="json")
+        return Rejection.for_message(msg, reason, field).model_dump(mode="json")
 
     def _process(self, msg: ControlMessage, result: dict[str, Any]) -> None:
         opts = self.cfg.storage_options
-        files = expand_globs(msg.files, storage_options=opts)
-        batches = batch_files(files, msg.metadata.batching_options, msg.metadata.data_type)
+        batches = plan_batches(msg, opts)
         total_files = sum(len(b.files) for b in batches)
         self.progress_state.update(stage="loading", files_total=total_files, kind=msg.kind)
-        if total_files == 0:
-            raise NoFilesMatched(
-                f"{len(files)} file(s) matched {msg.files} but none fall inside the batching window "
-                f"{msg.metadata.batching_options}"
-            )
         file_opts = msg.metadata.file_to_df_options
         transform = partial(_map_only, schema=self.schema)
         for batch in batches:
