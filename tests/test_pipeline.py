@@ -1,0 +1,150 @@
+"""The Ray pipeline end to end: real local Ray, real sqlite MLflow, real files.
+
+One Ray session for the module. Data comes from `dfp-ray datagen` at a small size; the
+autoencoder is shrunk so the module runs in well under a minute of training on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from dfp_ray.cli import main as cli_main
+from dfp_ray.config import GENERIC_USER, load_config
+from dfp_ray.datagen import DatagenConfig, generate
+from dfp_ray.registry import ModelRegistry, registered_model_name
+from dfp_ray.runner import Pipeline, run
+from dfp_ray.users import owner_index
+
+SMALL_AE = {
+    "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
+    "autoencoder.epochs": 4, "autoencoder.device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate(DatagenConfig(out=str(out), sources=["duo"], users=6, train_days=5, infer_days=1,
+                           events_per_user_per_day=6, seed=3))
+    return out
+
+
+def make_cfg(tmp: Path, **extra):
+    overrides = {"source": "duo", "state_dir": str(tmp / "state"), "output.directory": str(tmp / "out"),
+                 "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2, **SMALL_AE}
+    overrides.update(extra)
+    return load_config(None, overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, data, tmp_path_factory):
+    """Train once (generic + individual) and score once; tests read the results."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = make_cfg(tmp)
+    pipe = Pipeline(cfg)
+    msgs = data / "control_messages"
+    train = run(cfg, [str(msgs / "duo_payload_training.json")], pipeline=pipe, progress=False)
+    infer = run(cfg, [str(msgs / "duo_payload_inference.json")], pipeline=pipe, progress=False)
+    pipe.shutdown()
+    return cfg, train, infer
+
+
+def test_training_registers_one_model_per_user_plus_generic(trained, data):
+    cfg, train, _ = trained
+    assert train.ok, train.rejections
+    users = set(pd.read_csv(data / "duo" / "ground_truth.csv")["username"]) | {GENERIC_USER}
+    registry = ModelRegistry.from_config(cfg)
+    trained_users = {r["user"] for d in train.messages_detail for r in d["trained"]}
+    assert users <= trained_users
+    assert train.users_trained == len(trained_users) == 7  # 6 users + generic
+    for user in trained_users:
+        ref = registry.latest("duo", user)
+        assert ref is not None and ref.name == registered_model_name("duo", user)
+        assert ref.version == "1"
+
+
+def test_inference_writes_detections_with_reference_columns(trained):
+    cfg, _, infer = trained
+    assert infer.ok and infer.rows_scored > 0
+    scores = pd.read_csv(infer.scores_path, dtype={"event_id": str})
+    detections = pd.read_csv(infer.detections_path, dtype={"event_id": str})
+    assert len(scores) == infer.rows_scored
+    assert len(detections) == infer.detections == int((scores["mean_abs_z"] > 2.0).sum())
+    for f in ["accessdevicebrowser", "accessdeviceos", "authdevicename", "reason", "result",
+              "locincrement", "logcount"]:
+        for suffix in ("_loss", "_z_loss", "_pred"):
+            assert f + suffix in scores.columns
+    for col in ["max_abs_z", "mean_abs_z", "event_time", "model_version", "event_id", "username", "timestamp"]:
+        assert col in scores.columns
+    assert scores["event_id"].notna().all() and scores["event_id"].is_unique
+    assert scores["event_time"].str.endswith("Z").all()
+    # Every user had a model of its own: the output says which model scored each row.
+    expected = scores["username"].map(lambda u: registered_model_name("duo", u) + ":1")
+    assert (scores["model_version"] == expected).all()
+
+
+def test_each_users_rows_went_to_one_actor(trained):
+    _, train, infer = trained
+    for detail in train.messages_detail + infer.messages_detail:
+        for r in detail["trained"] + detail["inferred"]:
+            assert r["worker"] == owner_index(r["user"], 2)
+
+
+def test_inference_falls_back_to_generic_model(ray_session, data, tmp_path):
+    cfg = make_cfg(tmp_path, train_users="generic")
+    pipe = Pipeline(cfg)
+    msgs = data / "control_messages"
+    run(cfg, [str(msgs / "duo_payload_training.json")], pipeline=pipe, progress=False)
+    infer = run(cfg, [str(msgs / "duo_payload_inference.json")], pipeline=pipe, progress=False)
+    pipe.shutdown()
+    scores = pd.read_csv(infer.scores_path)
+    assert len(scores) > 0
+    assert set(scores["model_version"]) == {registered_model_name("duo", GENERIC_USER) + ":1"}
+
+
+def test_bad_messages_go_to_dead_letters_and_the_rest_runs(ray_session, data, tmp_path):
+    msgs = data / "control_messages"
+    good = json.loads((msgs / "duo_payload_training.json").read_text())["inputs"]
+    bad_file = tmp_path / "mixed.json"
+    bad_file.write_text(json.dumps({"inputs": [
+        {"tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": [str(tmp_path / "nope/*.json")]}},
+                   {"type": "training", "properties": {}}], "metadata": {"data_type": "payload"}},
+        {"tasks": [{"type": "trainig", "properties": {}}], "metadata": {"data_type": "payload"}},
+        *good,
+    ]}))
+    state = tmp_path / "state"
+    args = ["run", "--input-file", str(bad_file), "--state-dir", str(state), "--output", str(tmp_path / "out"),
+            "--num-actors", "2", "--no-progress", "--set", "min_train_rows=5"]
+    for key, value in SMALL_AE.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    rc = cli_main(args)
+    assert rc == 1  # rejected messages make the exit code non-zero ...
+    dead = [json.loads(line) for line in (state / "dead_letters_duo.jsonl").read_text().splitlines()]
+    assert len(dead) == 2
+    reasons = " | ".join(d["reason"] for d in dead)
+    assert "no files matched" in reasons and "trainig" in reasons
+    assert all(d["message_id"].startswith("mixed.json") for d in dead)
+    # ... but the good message still trained its models.
+    cfg = make_cfg(tmp_path)
+    assert ModelRegistry.from_config(cfg).latest("duo", GENERIC_USER) is not None
+
+
+def test_invalid_config_names_file_and_field(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("source: duo\nautoencoder:\n  epochz: 3\n")
+    rc = cli_main(["run", "--config", str(cfg), "--input-file", "x.json"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "autoencoder.epochz" in err and "unknown key" in err
