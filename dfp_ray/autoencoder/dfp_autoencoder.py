@@ -1,0 +1,251 @@
+"""``DFPAutoencoder``: fit on a user's events, score events as per-feature z-scores.
+
+The public face of the package; the work is in encoding.py (frame -> tensors), model.py
+(network), trainer.py (training loop, loss statistics), scoring.py (results) and io.py
+(save/load without pickle).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import io as model_io
+from .encoding import EncodedFrame, FeatureEncoder, embedding_dim
+from .model import DFPNetwork
+from .params import AutoencoderParams
+from .scoring import score_frame
+from .trainer import LossStatistics, TrainingReport, loss_statistics, torch_threads, train_network
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available else CPU; a clear error when CUDA is asked for but absent."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {device!r} requested but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}); use device 'auto' or 'cpu'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return resolved
+
+
+def _check_features(categorical: list[str], numeric: list[str], binary: list[str]) -> None:
+    groups = {"categorical": categorical, "numeric": numeric, "binary": binary}
+    for name, columns in groups.items():
+        if isinstance(columns, str) or not all(isinstance(c, str) and c for c in list(columns)):
+            raise ValueError(f"{name} must be a list of non-empty column names, got {columns!r}")
+    seen: dict[str, str] = {}
+    for name, columns in groups.items():
+        for column in columns:
+            if column in seen:
+                raise ValueError(
+                    f"feature column {column!r} is listed twice ({seen[column]} and {name}); "
+                    f"each column must have exactly one type"
+                )
+            seen[column] = name
+    if not seen:
+        raise ValueError("no feature columns: give at least one categorical, numeric or binary column")
+
+
+class DFPAutoencoder:
+    """Morpheus-compatible DFP autoencoder (REFERENCE A5), implemented from scratch in torch.
+
+    >>> model = DFPAutoencoder(categorical=["reason"], numeric=["logcount"], binary=["result"])
+    >>> report = model.fit(train_df)            # rows in time order; the last 10% validate
+    >>> results = model.score(new_df)           # <f>_loss, <f>_z_loss, <f>_pred, max_abs_z, mean_abs_z
+    >>> model.save("models/alice"); DFPAutoencoder.load("models/alice")
+    """
+
+    def __init__(
+        self,
+        categorical: list[str],
+        numeric: list[str],
+        binary: list[str],
+        params: AutoencoderParams | None = None,
+    ) -> None:
+        _check_features(categorical, numeric, binary)
+        categorical, numeric, binary = list(categorical), list(numeric), list(binary)
+        if params is not None and not isinstance(params, AutoencoderParams):
+            raise TypeError(f"params must be an AutoencoderParams, got {type(params).__name__}")
+        self.categorical = categorical
+        self.numeric = numeric
+        self.binary = binary
+        self.params = params if params is not None else AutoencoderParams()
+        self.encoder: FeatureEncoder | None = None
+        self.network: DFPNetwork | None = None
+        self.embedding_dims: list[int] = []
+        self.loss_stats: dict[str, dict[str, float]] | None = None
+        self.n_train_rows = 0
+        self.training_report: TrainingReport | None = None
+        self.device: torch.device | None = None
+        self._stats: LossStatistics | None = None
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def feature_columns(self) -> list[str]:
+        """Features in result order: numeric, then binary, then categorical."""
+        return self.numeric + self.binary + self.categorical
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.network is not None
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.n_train_rows} rows" if self.is_fitted else "not fitted"
+        return (
+            f"DFPAutoencoder(categorical={self.categorical}, numeric={self.numeric}, "
+            f"binary={self.binary}, {state})"
+        )
+
+    # ------------------------------------------------------------------ building
+    def _build_network(self, encoder: FeatureEncoder) -> DFPNetwork:
+        p = self.params
+        self.embedding_dims = [embedding_dim(n, p.max_embedding_dim) for n in encoder.cardinalities]
+        return DFPNetwork(
+            n_numeric=len(encoder.numeric),
+            n_binary=len(encoder.binary),
+            cardinalities=encoder.cardinalities,
+            embedding_dims=self.embedding_dims,
+            encoder_layers=p.encoder_layers,
+            decoder_layers=p.decoder_layers,
+            activation=p.activation,
+            dropout=p.dropout,
+        )
+
+    def _set_stats(self, stats: LossStatistics) -> None:
+        self._stats = stats
+        self.loss_stats = {
+            f: {"mean": float(stats.mean[j]), "std": float(stats.std[j])}
+            for j, f in enumerate(self.feature_columns)
+        }
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, df: pd.DataFrame, progress: bool = False) -> TrainingReport:
+        """Train on ``df`` (rows already in time order); the last ``validation_fraction`` validate.
+
+        Vocabularies and scalers are learnt from the training rows only. Afterwards the loss
+        statistics (per-feature mean/std of per-row losses on the unswapped training rows) are
+        computed in batches. Refitting starts from scratch.
+        """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"fit() needs a pandas DataFrame, got {type(df).__name__}")
+        n_rows = len(df)
+        if n_rows < 2:
+            raise ValueError(
+                f"fit() needs at least 2 rows (one to train on, and the model's statistics need more); "
+                f"got {n_rows}"
+            )
+        p = self.params
+        started = time.perf_counter()
+        n_val = math.ceil(n_rows * p.validation_fraction) if p.validation_fraction > 0 else 0
+        n_val = min(n_val, n_rows - 1)
+        train_df, val_df = df.iloc[: n_rows - n_val], df.iloc[n_rows - n_val :]
+        device = resolve_device(p.device)
+
+        with (
+            torch_threads(p.num_threads),
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        ):
+            if p.seed is not None:
+                torch.manual_seed(p.seed)
+            encoder = FeatureEncoder.fit(
+                train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories
+            )
+            train = encoder.transform(train_df).to(device)
+            val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
+            network = self._build_network(encoder).to(device)
+            generator = torch.Generator(device=device)
+            if p.seed is not None:
+                generator.manual_seed(p.seed)
+            else:
+                generator.seed()
+            facts = train_network(network, train, val, p, device, generator, progress=progress)
+            stats = loss_statistics(network, train, p.eval_batch_size, device, p.precision)
+
+        self.encoder, self.network, self.device = encoder, network, device
+        self.n_train_rows = len(train)
+        self._set_stats(stats)
+        val_means = facts.pop("val_feature_means")
+        features = self.feature_columns
+        self.training_report = TrainingReport(
+            **facts,
+            train_feature_loss={f: float(stats.mean[j]) for j, f in enumerate(features)},
+            val_feature_loss=(
+                {f: float(val_means[j]) for j, f in enumerate(features)} if val_means is not None else {}
+            ),
+            seconds=time.perf_counter() - started,
+            rows=n_rows,
+            train_rows=len(train),
+            val_rows=n_val,
+            device=str(device),
+        )
+        return self.training_report
+
+    # ------------------------------------------------------------------ score
+    def _require_fitted(self) -> None:
+        if self.network is None or self.encoder is None or self._stats is None:
+            raise RuntimeError("this DFPAutoencoder is not fitted: call fit() or DFPAutoencoder.load() first")
+
+    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Per-event results with the index of ``df``: for each feature f ``<f>_loss``,
+        ``<f>_z_loss``, ``<f>_pred``; then ``max_abs_z`` and ``mean_abs_z``.
+
+        Extra columns in ``df`` are ignored; unseen categories score against the "other" class.
+        """
+        self._require_fitted()
+        assert self.network is not None and self.encoder is not None and self._stats is not None
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"score() needs a pandas DataFrame, got {type(df).__name__}")
+        p = self.params
+        with torch_threads(p.num_threads):
+            return score_frame(
+                self.network, self.encoder, self._stats, df, p.eval_batch_size, self.device, p.precision
+            )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to directory ``path``: model.safetensors + model.json (no pickle)."""
+        model_io.save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> DFPAutoencoder:
+        """Load a model written by :meth:`save` onto ``device`` ('auto', 'cpu', 'cuda', 'cuda:N')."""
+        metadata: dict[str, Any] = model_io.read_metadata(path)
+        params = AutoencoderParams.model_validate({**metadata["params"], "device": device})
+        features = metadata["features"]
+        model = cls(features["categorical"], features["numeric"], features["binary"], params)
+        encoder = FeatureEncoder.from_dict(metadata["encoder"])
+        with torch.device("meta"):  # no random init (and no global RNG use) for weights we overwrite
+            network = model._build_network(encoder)
+        if model.embedding_dims != list(metadata["embedding_dims"]):
+            raise ValueError(
+                f"{path}: embedding sizes in model.json {metadata['embedding_dims']} do not match the "
+                f"vocabularies ({model.embedding_dims}); the file was edited or is corrupt"
+            )
+        network.load_state_dict(model_io.read_weights(path), strict=True, assign=True)
+        resolved = resolve_device(device)
+        model.encoder, model.network, model.device = encoder, network.to(resolved).eval(), resolved
+        order = model.feature_columns
+        stats = metadata["loss_stats"]
+        model._set_stats(
+            LossStatistics(
+                mean=torch.tensor([stats[f]["mean"] for f in order], dtype=torch.float64),
+                std=torch.tensor([stats[f]["std"] for f in order], dtype=torch.float64),
+            )
+        )
+        model.n_train_rows = int(metadata["n_train_rows"])
+        if metadata.get("training_report") is not None:
+            model.training_report = TrainingReport.model_validate(metadata["training_report"])
+        return model

@@ -1,0 +1,221 @@
+"""DataFrame -> tensors: vocabularies, scalers and the once-per-fit encoding.
+
+Morpheus re-encodes pandas frames on every epoch (and on every batch when scoring); most of its
+training time is spent there. Here a frame is encoded exactly once into two tensors
+(:class:`EncodedFrame`): int64 category codes and float32 "dense" values (scaled numerics,
+then 0/1 binaries). Everything after that is tensor indexing.
+
+Conventions (REFERENCE A2/A5, documented in docs/autoencoder.md):
+
+- categorical: values are compared as strings; NaN/None become the category ``"nan"`` (as
+  Morpheus's schemas do). Values below ``min_category_count`` in training, beyond
+  ``max_categories``, or unseen in training map to the extra "other" class (the last index).
+- numeric: standard-scaled with the training mean and std (ddof 0; std 0 -> 1). NaN and +-inf
+  become the training mean (0 after scaling).
+- binary: True for bool True, non-zero numbers and the strings true/t/yes/y/1 (any case);
+  False for everything else, NaN/None included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+MISSING_CATEGORY = "nan"
+OTHER_LABEL = "_other"
+_TRUE_STRINGS = ["true", "t", "yes", "y", "1", "1.0"]
+
+
+def embedding_dim(n_classes: int, max_dim: int = 600) -> int:
+    """Morpheus/dfencoder's embedding-size rule, ``min(max_dim, round(1.6 * n**0.56))``.
+
+    ``n_classes`` counts the "other" class. Python's round (half to even) is used on purpose:
+    it is what dfencoder uses, so the same vocabulary gives the same layer sizes.
+    """
+    return max(1, min(max_dim, int(round(1.6 * n_classes**0.56))))
+
+
+@dataclass
+class EncodedFrame:
+    """A frame encoded for the network.
+
+    ``codes``: int64 [rows, n_categorical]; ``dense``: float32 [rows, n_numeric + n_binary]
+    (scaled numerics first, then binaries as 0.0/1.0). Inputs and targets are the same tensors;
+    swap noise is applied to copies of batches.
+    """
+
+    codes: torch.Tensor
+    dense: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def to(self, device: torch.device | str) -> EncodedFrame:
+        return EncodedFrame(self.codes.to(device), self.dense.to(device))
+
+    def rows(self, start: int, stop: int) -> EncodedFrame:
+        return EncodedFrame(self.codes[start:stop], self.dense[start:stop])
+
+
+def _missing_columns(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [c for c in columns if c not in df.columns]
+
+
+def _category_strings(series: pd.Series) -> pd.Series:
+    """Values as strings with NaN/None -> "nan", vectorised (works for str, object, category dtypes)."""
+    values = series.astype(object)
+    values = values.where(values.notna(), MISSING_CATEGORY)
+    return values.astype(str)
+
+
+def _numeric_values(series: pd.Series, column: str) -> np.ndarray:
+    """float64 values with NaN/inf kept as NaN; a clear error when a column is not numeric."""
+    try:
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError) as exc:
+        example = series.dropna().iloc[:3].tolist()
+        raise ValueError(
+            f"numeric feature column {column!r} has non-numeric values (e.g. {example!r}); "
+            f"convert it to numbers or declare it as categorical"
+        ) from exc
+    values = values.copy() if not values.flags.writeable else values
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+def binary_values(series: pd.Series) -> np.ndarray:
+    """bool array following the module's binary convention (NaN/None -> False)."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return series.fillna(False).to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.nan_to_num(values, nan=0.0) != 0.0
+    text = series.astype(object).where(series.notna(), "").astype(str).str.strip().str.lower()
+    return text.isin(_TRUE_STRINGS).to_numpy(dtype=bool)
+
+
+@dataclass
+class FeatureEncoder:
+    """Vocabularies and scalers learnt from training rows, and the frame -> tensor transform."""
+
+    categorical: list[str]
+    numeric: list[str]
+    binary: list[str]
+    vocabularies: dict[str, list[str]]
+    numeric_mean: dict[str, float]
+    numeric_std: dict[str, float]
+    _indexes: dict[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        df: pd.DataFrame,
+        categorical: list[str],
+        numeric: list[str],
+        binary: list[str],
+        min_category_count: int = 1,
+        max_categories: int | None = None,
+    ) -> FeatureEncoder:
+        """Learn vocabularies (most frequent first, ties by value) and numeric scalers from ``df``."""
+        missing = _missing_columns(df, categorical + numeric + binary)
+        if missing:
+            raise ValueError(f"training frame lacks feature columns {missing}; it has {list(df.columns)}")
+        vocabularies: dict[str, list[str]] = {}
+        for column in categorical:
+            counts = _category_strings(df[column]).value_counts(sort=False)
+            counts = counts[counts >= min_category_count]
+            table = pd.DataFrame({"value": counts.index.astype(str), "count": counts.to_numpy()})
+            table = table.sort_values(["count", "value"], ascending=[False, True], kind="mergesort")
+            if max_categories is not None:
+                table = table.iloc[:max_categories]
+            vocabularies[column] = [str(v) for v in table["value"]]
+        means: dict[str, float] = {}
+        stds: dict[str, float] = {}
+        for column in numeric:
+            values = _numeric_values(df[column], column)
+            finite = values[~np.isnan(values)]
+            mean = float(finite.mean()) if finite.size else 0.0
+            std = float(finite.std()) if finite.size else 1.0  # ddof 0, like dfencoder's scaler
+            means[column] = mean
+            stds[column] = std if std > 0.0 and math.isfinite(std) else 1.0
+        return cls(list(categorical), list(numeric), list(binary), vocabularies, means, stds)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def feature_columns(self) -> list[str]:
+        """Feature order used everywhere (loss matrix columns, results): numeric, binary, categorical."""
+        return self.numeric + self.binary + self.categorical
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Classes per categorical column, the "other" class included."""
+        return [len(self.vocabularies[c]) + 1 for c in self.categorical]
+
+    def _index(self, column: str) -> pd.Index:
+        index = self._indexes.get(column)
+        if index is None:
+            index = pd.Index(self.vocabularies[column], dtype=object)
+            self._indexes[column] = index
+        return index
+
+    # ------------------------------------------------------------------ transform
+    def transform(self, df: pd.DataFrame) -> EncodedFrame:
+        """Encode ``df`` (extra columns ignored) into CPU tensors; vectorised, no per-row Python."""
+        missing = _missing_columns(df, self.feature_columns)
+        if missing:
+            raise ValueError(f"frame lacks feature columns {missing}; it has {list(df.columns)}")
+        n = len(df)
+        codes = np.empty((n, len(self.categorical)), dtype=np.int64)
+        for j, column in enumerate(self.categorical):
+            found = self._index(column).get_indexer(_category_strings(df[column]))
+            found[found < 0] = len(self.vocabularies[column])  # unseen -> "other"
+            codes[:, j] = found
+        dense = np.empty((n, len(self.numeric) + len(self.binary)), dtype=np.float32)
+        for j, column in enumerate(self.numeric):
+            values = _numeric_values(df[column], column)
+            mean, std = self.numeric_mean[column], self.numeric_std[column]
+            dense[:, j] = (np.where(np.isnan(values), mean, values) - mean) / std
+        offset = len(self.numeric)
+        for j, column in enumerate(self.binary):
+            dense[:, offset + j] = binary_values(df[column])
+        return EncodedFrame(torch.from_numpy(codes), torch.from_numpy(dense))
+
+    # ------------------------------------------------------------------ decoding predictions
+    def inverse_numeric(self, scaled: np.ndarray) -> np.ndarray:
+        """[rows, n_numeric] scaled predictions -> original units (float64)."""
+        mean = np.array([self.numeric_mean[c] for c in self.numeric], dtype=np.float64)
+        std = np.array([self.numeric_std[c] for c in self.numeric], dtype=np.float64)
+        return scaled.astype(np.float64) * std + mean
+
+    def category_labels(self, column: str) -> np.ndarray:
+        """Object array of class labels for ``column``, index = class code (last = "other")."""
+        return np.array(self.vocabularies[column] + [OTHER_LABEL], dtype=object)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "categorical": self.categorical,
+            "numeric": self.numeric,
+            "binary": self.binary,
+            "vocabularies": self.vocabularies,
+            "numeric_mean": self.numeric_mean,
+            "numeric_std": self.numeric_std,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureEncoder:
+        return cls(
+            categorical=list(data["categorical"]),
+            numeric=list(data["numeric"]),
+            binary=list(data["binary"]),
+            vocabularies={k: [str(v) for v in vs] for k, vs in data["vocabularies"].items()},
+            numeric_mean={k: float(v) for k, v in data["numeric_mean"].items()},
+            numeric_std={k: float(v) for k, v in data["numeric_std"].items()},
+        )

@@ -1,0 +1,161 @@
+"""Hyper-parameters of the DFP autoencoder.
+
+Every default is Morpheus's DFP default (REFERENCE A5), so a model trained with
+``AutoencoderParams()`` is the model Morpheus would train. Everything is configurable because
+per-user models differ wildly in size: a user with 300 events and the generic model with
+millions of rows should not be forced through the same knobs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "selu", "elu", "gelu"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class AutoencoderParams(BaseModel):
+    """Configuration of :class:`dfp_ray.autoencoder.DFPAutoencoder` (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- architecture -----------------------------------------------------------------------
+    encoder_layers: list[int] = Field(
+        default_factory=lambda: [512, 500],
+        min_length=1,
+        description="Widths of the encoder's hidden layers, input side first (Morpheus: [512, 500]).",
+    )
+    decoder_layers: list[int] = Field(
+        default_factory=lambda: [512],
+        description="Widths of the decoder's hidden layers before the output heads (Morpheus: [512]).",
+    )
+    activation: Activation = Field(
+        "relu", description="Activation after every hidden layer (Morpheus: relu)."
+    )
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout probability after every hidden layer; None or 0 disables it (Morpheus: none).",
+    )
+    max_embedding_dim: int = Field(
+        600,
+        ge=1,
+        description="Upper bound of the categorical embedding size min(max, round(1.6 * n**0.56)), "
+        "n = categories + 1 (Morpheus: 600).",
+    )
+
+    # --- categorical vocabulary ----------------------------------------------------------------
+    min_category_count: int = Field(
+        1,
+        ge=1,
+        description="A categorical value must occur at least this many times in the training rows to get "
+        "its own class; rarer values share the 'other' class with unseen ones (Morpheus DFP: min_cats=1, "
+        "i.e. every value seen in training is kept).",
+    )
+    max_categories: int | None = Field(
+        None,
+        ge=1,
+        description="Keep at most this many most frequent values per categorical column (ties broken by "
+        "value); the rest go to the 'other' class. None = no limit (Morpheus has none). Bounds the "
+        "size of the output head for high-cardinality columns in the generic model.",
+    )
+
+    # --- noise, loss, optimisation --------------------------------------------------------------
+    swap_probability: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Swap noise: each input cell is, with this probability, replaced by the same column's "
+        "value from a uniformly random training row (Morpheus: 0.2).",
+    )
+    loss_reduction: Literal["sum", "mean"] = Field(
+        "sum",
+        description="How the per-feature losses (each weighing the same) form the gradient objective: "
+        "'sum' gives SGD steps of the size Morpheus/dfencoder take (they back-propagate the sum of their "
+        "per-categorical losses and the numeric and binary group losses); 'mean' divides by the number of "
+        "features (the same as lr / n_features). Reported losses are always the mean over features.",
+    )
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="Optimiser (Morpheus: sgd).")
+    learning_rate: float = Field(0.001, gt=0.0, description="Initial learning rate (Morpheus: 0.001).")
+    lr_decay: float = Field(
+        0.99,
+        gt=0.0,
+        le=1.0,
+        description="Learning rate multiplier applied after every epoch (Morpheus: 0.99).",
+    )
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (Morpheus: 0).")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay (Morpheus: 0).")
+    batch_size: int = Field(512, ge=1, description="Training mini-batch size in rows (Morpheus: 512).")
+    epochs: int = Field(30, ge=1, description="Maximum number of training epochs (Morpheus: 30).")
+
+    # --- validation and early stopping ----------------------------------------------------------
+    validation_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="The last ceil(fraction * rows) rows (the frame is in time order) are held out for "
+        "validation and early stopping; 0 disables validation (Morpheus: 0.1).",
+    )
+    early_stopping_patience: int | None = Field(
+        5,
+        ge=0,
+        description="Stop after this many consecutive epochs in which the validation loss rose over the "
+        "previous epoch's (Morpheus's rule, patience 5). None or 0 disables early stopping.",
+    )
+    restore_best_weights: bool = Field(
+        True,
+        description="After training, restore the weights of the epoch with the lowest validation loss "
+        "before computing loss statistics (Morpheus keeps the last epoch's weights). No effect "
+        "without validation rows.",
+    )
+
+    # --- execution ------------------------------------------------------------------------------
+    device: str = Field(
+        "auto",
+        description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+    )
+    seed: int | None = Field(
+        42,
+        description="Seed for weight initialisation, shuffling, swap noise and dropout; with a seed, "
+        "training on CPU is bit-for-bit repeatable. None = nondeterministic.",
+    )
+    eval_batch_size: int = Field(
+        8192,
+        ge=1,
+        description="Rows per forward pass when validating, computing loss statistics and scoring: "
+        "bounds memory for frames of millions of rows while keeping matrix products large.",
+    )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads while fitting/scoring (restored afterwards). None leaves "
+        "torch's setting alone (Ray sets it per actor from num_cpus); set it when several models "
+        "train in one process or machine to avoid oversubscribing cores.",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Matrix-product precision. 'fp32' (default) is exact and portable. 'bf16' runs the "
+        "layers under bfloat16 autocast (weights and losses stay fp32): ~4x faster matrix products on "
+        "CPUs with AVX512-BF16/AMX and on recent GPUs, at ~3 significant digits in the activations; "
+        "much slower on CPUs without native bfloat16.",
+    )
+
+    @field_validator("encoder_layers", "decoder_layers")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        bad = [w for w in widths if w < 1]
+        if bad:
+            raise ValueError(f"layer widths must be positive integers, got {bad}")
+        return widths
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE_RE.match(device):
+            raise ValueError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {device!r}")
+        return device

@@ -1,0 +1,79 @@
+"""Scoring: per-feature losses, z-scores against the training loss statistics, predictions.
+
+Output columns (REFERENCE A5), for every feature f in ``feature_columns`` order:
+``<f>_loss``, ``<f>_z_loss`` = |(loss - mean_f) / std_f|, ``<f>_pred``; then ``max_abs_z`` and
+``mean_abs_z`` over the features. Predictions: numeric in original units; binary as bool
+(probability >= 0.5); categorical as the most likely KNOWN class (the "other" class is skipped,
+as dfencoder does, unless the column has no known class).
+
+Work is done in batches of ``eval_batch_size`` rows written into preallocated numpy arrays,
+so memory for activations is bounded however many rows are scored; one DataFrame is built at
+the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .encoding import FeatureEncoder
+from .model import DFPNetwork
+from .trainer import LossStatistics, iter_feature_losses
+
+
+def score_frame(
+    network: DFPNetwork,
+    encoder: FeatureEncoder,
+    stats: LossStatistics,
+    df: pd.DataFrame,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+) -> pd.DataFrame:
+    frame = encoder.transform(df)
+    n = len(frame)
+    n_num, n_bin, n_cat = len(encoder.numeric), len(encoder.binary), len(encoder.categorical)
+    losses = np.empty((n, network.n_features), dtype=np.float32)
+    num_pred = np.empty((n, n_num), dtype=np.float32)
+    bin_pred = np.empty((n, n_bin), dtype=bool)
+    cat_pred = np.empty((n, n_cat), dtype=np.int64)
+    offsets = network.offsets
+    network.eval()
+    with torch.inference_mode():
+        for start, stop, (numeric, binary, logits), batch_losses in iter_feature_losses(
+            network, frame, batch_size, device, precision
+        ):
+            losses[start:stop] = batch_losses.cpu().numpy()
+            if n_num:
+                num_pred[start:stop] = numeric.float().cpu().numpy()
+            if n_bin:
+                bin_pred[start:stop] = (binary >= 0).cpu().numpy()
+            if n_cat:
+                codes = []
+                for j in range(n_cat):
+                    known = offsets[j + 1] - offsets[j] - 1  # classes before "other"
+                    if known > 0:
+                        codes.append(logits[:, offsets[j] : offsets[j] + known].argmax(dim=1))
+                    else:
+                        codes.append(torch.zeros(stop - start, dtype=torch.long, device=logits.device))
+                cat_pred[start:stop] = torch.stack(codes, dim=1).cpu().numpy()
+
+    loss64 = losses.astype(np.float64)
+    z = np.abs((loss64 - stats.mean.numpy()) / stats.std.numpy())
+    numeric_values = encoder.inverse_numeric(num_pred) if n_num else num_pred
+    columns: dict[str, np.ndarray] = {}
+    for j, feature in enumerate(encoder.feature_columns):
+        columns[f"{feature}_loss"] = loss64[:, j]
+        columns[f"{feature}_z_loss"] = z[:, j]
+        if j < n_num:
+            columns[f"{feature}_pred"] = numeric_values[:, j]
+        elif j < n_num + n_bin:
+            columns[f"{feature}_pred"] = bin_pred[:, j - n_num]
+        else:
+            c = j - n_num - n_bin
+            columns[f"{feature}_pred"] = encoder.category_labels(feature)[cat_pred[:, c]]
+    if network.n_features:
+        columns["max_abs_z"] = z.max(axis=1) if n else np.empty(0)
+        columns["mean_abs_z"] = z.mean(axis=1) if n else np.empty(0)
+    return pd.DataFrame(columns, index=df.index, copy=False)
