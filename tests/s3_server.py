@@ -1,0 +1,107 @@
+"""A real S3-protocol server (moto_server) on loopback, for tests.
+
+Usage (any test module; ``tests/`` has no ``__init__.py``, so import it either way)::
+
+    try:
+        from tests.s3_server import running_s3_server, s3_storage_options
+    except ImportError:
+        from s3_server import running_s3_server, s3_storage_options
+
+    with running_s3_server() as endpoint:
+        opts = s3_storage_options(endpoint)
+        fs = s3fs.S3FileSystem(**opts)
+        fs.mkdir("my-bucket")
+
+The server runs as a subprocess in its own process group and is stopped by its PID when the
+``with`` block ends, even on failure. Readiness is polled (bounded) over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["moto_server_binary", "free_port", "running_s3_server", "s3_storage_options"]
+
+
+def moto_server_binary() -> str | None:
+    """The ``moto_server`` next to this interpreter (the venv), else on PATH, else None."""
+    beside = Path(sys.executable).parent / "moto_server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("moto_server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def s3_storage_options(endpoint: str) -> dict:
+    """fsspec/s3fs storage options for the test server (any key/secret is accepted)."""
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint},
+    }
+
+
+def _ready(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1) as response:
+            return response.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_s3_server(timeout: float = 30.0) -> Iterator[str]:
+    """Start ``moto_server -H 127.0.0.1 -p <free port>``; yield its endpoint URL; stop it."""
+    binary = moto_server_binary()
+    if binary is None:
+        raise RuntimeError("moto_server not found: pip install 'moto[server]' into the venv")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    process = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ready(endpoint):
+            if process.poll() is not None:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise RuntimeError(f"moto_server exited with code {process.returncode}: {err[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server not ready at {endpoint} after {timeout:.0f} s")
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
