@@ -220,8 +220,9 @@ def expand_globs(
                 path = local
             else:
                 fs, path = url_to_fs(pattern, **(storage_options or {}))
-                root = path.split("*")[0].split("?")[0].split("[")[0]
-                fs.invalidate_cache(root.rstrip("/") or None)
+                # fsspec instances are shared and cache listings; s3fs drops only a path and
+                # its parents, not the sub-folders a ``**`` glob walks, so drop them all.
+                fs.invalidate_cache()
             if _has_magic(path):
                 infos = fs.glob(path, detail=True)
             else:

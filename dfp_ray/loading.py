@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,6 +53,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE_FILE_COLUMN = "_source_file"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zip": "zip"}
 _TYPE_BY_SUFFIX = {
@@ -470,7 +472,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def load_files(
-    refs: list[FileRef],
+    refs: list[FileRef] | list[str],
     *,
     options: FileToDfOptions | None = None,
     storage_options: dict | None = None,
@@ -490,6 +492,10 @@ def load_files(
     """
     started = time.perf_counter()
     use_cache = cache is not None and cache.enabled
+    refs = [
+        ref if isinstance(ref, FileRef) else FileRef(url=str(ref), size=None, modified=None, batch_time=_EPOCH)
+        for ref in refs
+    ]  # plain URLs load too, uncached (their version is unknown)
 
     def load_one(ref: FileRef) -> tuple[pd.DataFrame | None, bool, FileError | None]:
         key = None

@@ -590,3 +590,11 @@ def test_all_files_failing_gives_an_empty_frame(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text("{{")
     result = load_files(expand_globs([str(tmp_path / "*.json")]))
     assert result.files_loaded == 0 and result.frame.empty and len(result.errors) == 1
+
+
+def test_plain_urls_load_uncached(tmp_path: Path) -> None:
+    paths = make_duo_files(tmp_path / "in", 2, 3)
+    cache = FrameCache(tmp_path / "cache")
+    result = load_files([str(p) for p in paths], cache=cache)
+    assert result.files_loaded == 2 and len(result.frame) == 6
+    assert load_files([str(p) for p in paths], cache=cache).files_from_cache == 0

@@ -11,14 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dfp_ray.files import NoFilesMatched, batch_files, expand_globs, plan_batches
+from dfp_ray.files import FileListingError, NoFilesMatched, batch_files, expand_globs, plan_batches
 from dfp_ray.loading import SOURCE_FILE_COLUMN, FrameCache, load_files
 from dfp_ray.messages import BatchingOptions, FileToDfOptions, parse_control_messages
 
 try:  # works whether or not tests/ is a package
-    from tests.s3_server import moto_server_binary, running_s3_server, s3_storage_options
+    from tests.s3_server import free_port, moto_server_binary, running_s3_server, s3_storage_options
 except ImportError:  # pragma: no cover - depends on how pytest was started
-    from s3_server import moto_server_binary, running_s3_server, s3_storage_options
+    from s3_server import free_port, moto_server_binary, running_s3_server, s3_storage_options
 
 s3fs = pytest.importorskip("s3fs")
 
@@ -167,3 +167,12 @@ def test_control_message_with_s3_globs_end_to_end(uploaded, storage_options: dic
 def test_missing_bucket_is_no_files_matched(storage_options: dict) -> None:
     with pytest.raises(NoFilesMatched):
         expand_globs(["s3://no-such-bucket-here/x/*.json"], storage_options)
+
+
+def test_unreachable_endpoint_is_a_listing_error_naming_the_glob() -> None:
+    dead = s3_storage_options(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    dead["config_kwargs"] = {"retries": {"max_attempts": 1}}
+    with pytest.raises(FileListingError) as info:
+        expand_globs([f"s3://{BUCKET}/duo/*.json"], dead)
+    assert f"cannot list 's3://{BUCKET}/duo/*.json'" in info.value.reason
+    assert "EndpointConnectionError" in info.value.reason
