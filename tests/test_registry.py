@@ -1,0 +1,369 @@
+"""The MLflow registry layer against a real embedded MLflow (sqlite + local artifacts).
+
+Covers the naming rule (and that registering and looking up use the same name), model
+versions, what each run logs, the pickle-free pyfunc flavour scoring raw records exactly as
+the direct path does, the model cache's refresh, actionable errors, and registrations from
+several processes into one sqlite file at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder, TrainingReport
+from dfp_ray.config import GENERIC_USER, DFPConfig
+from dfp_ray.registry import (
+    ModelCache,
+    ModelLoadError,
+    ModelRef,
+    ModelRegistry,
+    RegistryUnavailableError,
+    registered_model_name,
+    safe_user_name,
+    score_raw_frame,
+)
+from dfp_ray.schema import frame_from_records, load_schema
+
+DOTTED = "bob.smith@corp.com"
+
+
+# ----------------------------------------------------------------------------------- data
+def duo_records(n: int = 240, users: tuple[str, ...] = ("alice", DOTTED), seed: int = 0) -> list[dict]:
+    """Raw nested Duo v2 records (REFERENCE A1) over three days, in time order."""
+    rng = np.random.default_rng(seed)
+    t0 = pd.Timestamp("2022-08-01", tz="UTC").timestamp()
+    times = np.sort(t0 + rng.uniform(0, 3 * 86400, n)).astype(int)
+    pick = lambda values: np.asarray(values, dtype=object)[rng.integers(0, len(values), n)]  # noqa: E731
+    user, browser, os_ = pick(users), pick(["Chrome", "Firefox", "Safari"]), pick(["Windows", "Mac OS X"])
+    city, result = pick(["Austin", "Boston", "Denver"]), pick(["success", "success", "denied"])
+    reason, device = pick(["user_approved", "invalid_passcode"]), pick(["phone-1", "phone-2"])
+    return [
+        {
+            "timestamp": int(times[i]), "txid": f"tx{i}", "event_type": "authentication",
+            "user": {"name": user[i], "key": "DU1"},
+            "access_device": {"browser": browser[i], "os": os_[i], "ip": "10.0.0.1",
+                              "location": {"city": city[i], "state": "TX", "country": "US"}},
+            "auth_device": {"name": device[i]}, "application": {"name": "VPN"}, "factor": "duo_push",
+            "result": result[i], "reason": reason[i],
+        }
+        for i in range(n)
+    ]  # fmt: skip
+
+
+SCHEMA = load_schema("duo")
+PARAMS = dict(encoder_layers=[16], decoder_layers=[16], epochs=2, device="cpu", num_threads=1)
+
+
+def train(seed: int, records: list[dict] | None = None) -> tuple[DFPAutoencoder, TrainingReport, pd.DataFrame]:
+    frame, _ = frame_from_records(records or duo_records(seed=seed), SCHEMA)
+    f = SCHEMA.features
+    model = DFPAutoencoder(f.categorical, f.numeric, f.binary, AutoencoderParams(seed=seed, **PARAMS))
+    return model, model.fit(frame), frame
+
+
+def register(registry: ModelRegistry, user: str, trained, **kw) -> ModelRef:
+    model, report, frame = trained
+    return registry.register(
+        source="duo", user=user, model=model, report=report, schema=SCHEMA,
+        first_event=frame["timestamp"].min(), last_event=frame["timestamp"].max(), **kw,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dfp_state")
+
+
+@pytest.fixture(scope="module")
+def registry(state_dir) -> ModelRegistry:
+    """The embedded default, built the way the pipeline builds it: from a DFPConfig."""
+    reg = ModelRegistry.from_config(DFPConfig(state_dir=str(state_dir)))
+    assert reg.client is not None  # opens (creates) the sqlite store
+    return reg
+
+
+@pytest.fixture(scope="module")
+def model_a():
+    return train(seed=1)
+
+
+@pytest.fixture(scope="module")
+def model_b():
+    return train(seed=2)
+
+
+@contextlib.contextmanager
+def mlflow_uri(uri: str):
+    """Point MLflow's global URIs at ``uri`` for plain ``mlflow.*`` calls; leave nothing behind."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(key, None)
+
+
+def artifact_files(registry: ModelRegistry, ref: ModelRef) -> list[Path]:
+    location = registry.client.get_model_version_download_uri(ref.name, ref.version)
+    root = Path(location.removeprefix("file://"))
+    assert root.is_dir(), location
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+# ----------------------------------------------------------------------------------- naming
+@pytest.mark.parametrize("name", ["alice", "generic_user", "bob-smith", "A_1-b", "x" * 100])
+def test_safe_names_are_kept(name):
+    assert safe_user_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name, readable",
+    [
+        ("bob.smith", "bob_smith"),
+        ("bob@corp.com", "bob_corp_com"),
+        ("first last", "first_last"),
+        ("José Müller", "Jose_Muller"),
+        ("用户", "__"),
+        ("a--b", "a--b"),
+        ("CORP\\alice", "CORP_alice"),
+    ],
+)
+def test_unsafe_names_get_readable_part_and_hash(name, readable):
+    safe = safe_user_name(name)
+    head, _, digest = safe.rpartition("--")
+    assert head == readable
+    assert len(digest) == 10 and all(c in "0123456789abcdef" for c in digest)
+    assert safe == safe_user_name(name)  # deterministic
+    assert all(c.isascii() and (c.isalnum() or c in "_-") for c in safe)
+
+
+def test_safe_names_never_collide():
+    names = ["a.b", "a_b", "a@b", "a b", "a-b", "a_b--0123456789", "A.B", "á.b", "a.b" * 60, "a.b" * 61]
+    safe = [safe_user_name(n) for n in names]
+    assert len(set(safe)) == len(names), dict(zip(names, safe, strict=True))
+    assert safe_user_name("a_b") == "a_b" and safe_user_name("a.b") != "a_b"
+    assert len(safe_user_name("x" * 500)) <= 100 + 2 + 10
+
+
+def test_registered_model_name_uses_the_safe_name():
+    assert registered_model_name("duo", "alice") == "DFP-duo-alice"
+    assert registered_model_name("duo", DOTTED) == f"DFP-duo-{safe_user_name(DOTTED)}"
+    assert registered_model_name("azure", "x", "dfp_{source}_{user}") == "dfp_azure_x"
+    with pytest.raises(ValueError, match="non-empty"):
+        safe_user_name("")
+    with pytest.raises(ValueError, match="user"):
+        registered_model_name("duo", "alice", "DFP-{source}")
+
+
+# ----------------------------------------------------------------------------------- registry
+def test_from_config_uses_the_state_dir(registry, state_dir):
+    assert registry.tracking_uri.startswith(f"sqlite:///{state_dir}/mlflow.db")
+    assert (state_dir / "mlflow.db").is_file()
+    assert registry.artifact_location == (state_dir / "mlartifacts").as_uri()
+
+
+def test_register_twice_gives_versions_and_latest(registry, model_a, model_b):
+    assert registry.latest("duo", "alice") is None
+    assert not mlflow.is_tracking_uri_set()
+    started = time.perf_counter()
+    v1 = register(registry, "alice", model_a)
+    v2 = register(registry, "alice", model_b, tags={"purpose": "test"})
+    per_register = (time.perf_counter() - started) / 2
+    assert (v1.name, v1.version, v2.version) == ("DFP-duo-alice", "1", "2")
+    assert v2.label == "DFP-duo-alice:2" and v2.run_id and v2.run_id != v1.run_id
+    assert registry.latest("duo", "alice") == v2
+    assert [r.version for r in registry.versions("duo", "alice")] == ["1", "2"]
+    # the registry borrowed MLflow's process-global URIs and put them back as they were
+    assert not mlflow.is_tracking_uri_set() and "MLFLOW_REGISTRY_URI" not in os.environ
+    # measured ~0.3 s per registration on a quiet 2-core machine; generous bound for shared CI
+    assert per_register < 5.0, per_register
+
+
+def test_run_logs_params_metrics_and_tags(registry, model_a):
+    model, report, frame = model_a
+    ref = register(registry, "logcheck", model_a, tags={"team": "soc"})
+    client = registry.client
+    run = client.get_run(ref.run_id)
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["epochs"] == "2" and params["learning_rate"] == "0.001" and params["batch_size"] == "512"
+    assert params["encoder_layers"] == "[16]" and params["swap_probability"] == "0.2"
+    assert params["row_count"] == str(len(frame)) == str(report.rows)
+    assert pd.Timestamp(params["first_event"]) == frame["timestamp"].min()
+    assert pd.Timestamp(params["last_event"]) == frame["timestamp"].max()
+    assert params["schema"] == "duo" and params["categorical_features"] == ",".join(SCHEMA.features.categorical)
+    for feature in model.feature_columns:
+        assert metrics[f"train_loss/{feature}"] == pytest.approx(report.train_feature_loss[feature])
+        assert metrics[f"val_loss/{feature}"] == pytest.approx(report.val_feature_loss[feature])
+    assert metrics["train_loss"] == pytest.approx(report.train_loss[-1])
+    assert metrics["val_loss"] == pytest.approx(report.val_loss[-1])
+    curve = client.get_metric_history(ref.run_id, "epoch_train_loss")
+    assert [m.step for m in curve] == list(range(1, report.epochs_run + 1))
+    assert tags["user"] == "logcheck" and tags["source"] == "duo" and tags["team"] == "soc"
+    assert tags["registered_model"] == ref.name and tags["dfp_ray_version"]
+    assert client.get_experiment(run.info.experiment_id).name == f"dfp/duo/training/{ref.name}"
+    version = client.get_model_version(ref.name, ref.version)
+    assert version.tags["user"] == "logcheck" and version.tags["rows"] == str(report.rows)
+    assert version.run_id == ref.run_id
+
+
+def test_artifacts_have_no_pickle_and_a_signature(registry, model_a, state_dir):
+    ref = register(registry, "nopickle", model_a)
+    files = artifact_files(registry, ref)
+    names = {p.name for p in files}
+    assert str(files[0]).startswith(str(state_dir / "mlartifacts"))
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle") or p.name == "python_model.pkl"]
+    assert {"model.safetensors", "model.json", "schema.yaml", "registry_pyfunc.py", "MLmodel"} <= names
+    mlmodel = yaml.safe_load(next(p for p in files if p.name == "MLmodel").read_text())
+    pyfunc = mlmodel["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert "python_model" not in pyfunc  # the cloudpickle slot is unused
+    requirements = next(p for p in files if p.name == "requirements.txt").read_text()
+    assert "dfp-ray" in requirements and "mlflow==" in requirements
+    inputs = {c["name"] for c in yaml.safe_load(mlmodel["signature"]["inputs"])}
+    assert {"user.name", "user", "username", "access_device.location.city"} <= inputs
+    outputs = {c["name"] for c in yaml.safe_load(mlmodel["signature"]["outputs"])}
+    assert {"mean_abs_z", "max_abs_z", "reason_z_loss", "username"} <= outputs
+
+
+def test_dotted_user_is_found_under_its_own_name(registry, model_a, model_b):
+    generic = register(registry, GENERIC_USER, model_a)
+    dotted = register(registry, DOTTED, model_b)
+    found = registry.latest("duo", DOTTED)
+    assert found == dotted and found.name == registered_model_name("duo", DOTTED) != generic.name
+    assert registry.latest("duo", "bob_smith_corp_com") is None  # a different user entirely
+    assert registry.latest("duo", "carol.jones") is None
+    # the model the cache hands out for the dotted user is that user's model, not the generic one
+    model, ref = ModelCache(registry, refresh_seconds=0).get("duo", DOTTED)
+    assert ref == dotted
+    frame = model_b[2]
+    pd.testing.assert_frame_equal(model.score(frame), model_b[0].score(frame))
+
+
+def test_load_and_pyfunc_score_raw_records_identically(registry, model_a):
+    ref = register(registry, "pyfunc.user", model_a)
+    records = duo_records(n=60, users=("pyfunc.user",), seed=9)
+    loaded = registry.load(ref, device="cpu")
+    direct = score_raw_frame(loaded, SCHEMA, records)
+    mapped, _ = frame_from_records(records, SCHEMA)
+    expected = model_a[0].score(mapped)
+    pd.testing.assert_frame_equal(direct[list(expected.columns)], expected)  # loading is exact
+    with mlflow_uri(registry.tracking_uri):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{ref.name}/latest")
+        nested = pyfunc.predict(pd.DataFrame(records))  # raw nested records (dict columns)
+        flat = pyfunc.predict(pd.json_normalize(records, sep="."))  # flattened raw columns
+    pd.testing.assert_frame_equal(nested, direct)
+    pd.testing.assert_frame_equal(flat, direct)
+    assert len(direct) == 60 and direct["mean_abs_z"].notna().all()
+    assert (direct["username"] == "pyfunc.user").all()
+
+
+def test_cache_refreshes_to_a_newer_version(registry, model_a, model_b):
+    v1 = register(registry, "cache.user", model_a)
+    eager = ModelCache(registry, refresh_seconds=0)
+    lazy = ModelCache(registry, refresh_seconds=3600)
+    assert eager.get("duo", "cache.user")[1] == v1
+    assert lazy.get("duo", "cache.user")[1] == v1
+    v2 = register(registry, "cache.user", model_b)
+    model, ref = eager.get("duo", "cache.user")
+    assert ref == v2 and eager.loads == 2
+    frame = model_b[2]
+    pd.testing.assert_frame_equal(model.score(frame), model_b[0].score(frame))
+    assert eager.get("duo", "cache.user")[1] == v2 and eager.loads == 2  # same version: no reload
+    assert lazy.get("duo", "cache.user")[1] == v1  # within refresh_seconds: not re-checked
+    lazy.invalidate("duo", "cache.user")
+    assert lazy.get("duo", "cache.user")[1] == v2
+
+
+def test_cache_put_lru_and_missing_users(registry, model_a):
+    ticks = iter(range(1000))
+    cache = ModelCache(registry, max_models=2, refresh_seconds=10, clock=lambda: float(next(ticks)))
+    assert cache.get("duo", "nobody.here") is None
+    ref = ModelRef("DFP-duo-trained", "7", None)
+    cache.put("duo", "trained", model_a[0], ref)
+    assert cache.get("duo", "trained") == (model_a[0], ref) and cache.loads == 0
+    cache.get("duo", "alice")  # loads -> 3 entries over max 2: the oldest (nobody.here) goes
+    assert cache.loads == 1 and len(cache._entries) == 2 and len(cache) == 2
+    cache.get("duo", "nobody.here")
+    assert ("duo", "DFP-duo-trained") not in cache._entries  # least recently used evicted
+
+
+def test_unreachable_server_error_names_the_uri():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"  # bound but not listening: connection refused
+    registry = ModelRegistry(uri)
+    started = time.perf_counter()
+    with pytest.raises(RegistryUnavailableError, match=f"127.0.0.1:{port}.*mlflow server"):
+        registry.latest("duo", "alice")
+    assert time.perf_counter() - started < 10
+
+
+def test_broken_artifacts_error_names_the_version(registry, model_a):
+    ref = register(registry, "broken", model_a)
+    weights = next(p for p in artifact_files(registry, ref) if p.name == "model.safetensors")
+    weights.write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match=f"{ref.name}:{ref.version}"):
+        registry.load(ref)
+
+
+def test_bad_uris_are_rejected_with_advice(tmp_path):
+    with pytest.raises(ValueError, match="sqlite:///"):
+        ModelRegistry(str(tmp_path / "mlruns"))
+    with pytest.raises(ValueError, match="sqlite:///"):
+        ModelRegistry(f"file://{tmp_path}")
+
+
+# ----------------------------------------------------------------------------------- processes
+def _register_worker(db_uri: str, artifacts: str, model_dir: str, report_json: str, worker: int, n: int):
+    """Runs in a spawned process: its own registry, n versions of a shared user + one own user."""
+    reg = ModelRegistry(db_uri, artifact_location=artifacts)
+    model = DFPAutoencoder.load(model_dir, device="cpu")
+    report = TrainingReport.model_validate_json(report_json)
+    when = pd.Timestamp("2022-08-02", tz="UTC")
+    refs = []
+    for user in ["shared.user"] * n + [f"own.{worker}"]:
+        ref = reg.register(
+            source="duo", user=user, model=model, report=report, schema=SCHEMA, first_event=when, last_event=when
+        )
+        refs.append((ref.name, ref.version))
+    return refs
+
+
+def test_concurrent_registration_from_processes(tmp_path, registry, model_a):
+    """Several processes (as Ray user actors would be) register into the same sqlite file."""
+    model, report, _ = model_a
+    model.save(tmp_path / "model")
+    # the module's store: its tables exist already (creating them costs 2-9 s, paid once per module)
+    db_uri, artifacts = registry.tracking_uri, registry.artifact_location
+    workers, per_worker = 3, 1
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        args = [(db_uri, artifacts, str(tmp_path / "model"), report.model_dump_json(), w, per_worker)
+                for w in range(workers)]  # fmt: skip
+        results = pool.starmap_async(_register_worker, args, chunksize=1).get(timeout=180)
+    shared_name = registered_model_name("duo", "shared.user")
+    shared = sorted(int(v) for refs in results for name, v in refs if name == shared_name)
+    assert shared == list(range(1, workers * per_worker + 1))  # no duplicates, no gaps, none lost
+    reg = ModelRegistry(db_uri, artifact_location=artifacts)
+    assert reg.latest("duo", "shared.user").version == str(workers * per_worker)
+    for w in range(workers):
+        assert reg.latest("duo", f"own.{w}").version == "1"
+    loaded = reg.load(reg.latest("duo", "shared.user"), device="cpu")
+    frame = model_a[2]
+    pd.testing.assert_frame_equal(loaded.score(frame), model.score(frame))
