@@ -145,7 +145,14 @@ class Pipeline:
 
         show = progress and sys.stderr.isatty()
         bars: dict[str, tqdm] = {}
+        limit = self.cfg.ray.message_timeout_s
+        deadline = time.monotonic() + limit if limit else None
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                ray.cancel(ref)
+                raise TimeoutError(
+                    f"control message {msg.message_id} did not finish within ray.message_timeout_s={limit} s"
+                )
             done, _ = ray.wait([ref], timeout=0.25)
             state = ray.get(self.router.progress.remote())
             if show:

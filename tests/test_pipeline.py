@@ -43,7 +43,8 @@ def data(tmp_path_factory) -> Path:
 
 def make_cfg(tmp: Path, **extra):
     overrides = {"source": "duo", "state_dir": str(tmp / "state"), "output.directory": str(tmp / "out"),
-                 "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2, **SMALL_AE}
+                 "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2,
+                 "ray.message_timeout_s": 300, **SMALL_AE}
     overrides.update(extra)
     return load_config(None, overrides)
 
@@ -148,3 +149,49 @@ def test_invalid_config_names_file_and_field(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert str(cfg) in err and "autoencoder.epochz" in err and "unknown key" in err
+
+
+def test_streaming_training_goes_through_the_rolling_window(ray_session, data, tmp_path):
+    # Daily batches of ~6 rows per user: a model is due once 20 rows (and 20 new ones) arrived.
+    cfg = make_cfg(tmp_path, **{"window.min_history": 20, "window.min_increment": 20})
+    summary = run(cfg, [str(data / "control_messages" / "duo_streaming_training.json")], progress=False)
+    assert summary.ok, summary.rejections
+    detail = summary.messages_detail[0]
+    trained = detail["trained"]
+    assert trained, "some users reach the window thresholds"
+    assert all(r["rows"] >= 20 for r in trained)
+    # Users are not retrained on every daily batch: most batches only fill the window.
+    assert any("rolling window holds" in r["reason"] for r in detail["skipped_users"])
+    windows = list((tmp_path / "state" / "windows" / "duo").glob("*.parquet"))
+    assert len(windows) == 7  # 6 users + generic, checkpointed for a restart
+    registry = ModelRegistry.from_config(cfg)
+    for r in trained:
+        assert registry.latest("duo", r["user"]) is not None
+
+
+@pytest.mark.s3
+def test_s3_globs_load_like_local_files(ray_session, data, tmp_path):
+    import s3fs
+
+    from tests.s3_server import running_s3_server, s3_storage_options
+
+    with running_s3_server() as endpoint:
+        opts = s3_storage_options(endpoint)
+        fs = s3fs.S3FileSystem(**opts)
+        fs.mkdir("dfp-logs")
+        fs.put(str(data / "duo" / "training") + "/", "dfp-logs/duo/training/", recursive=True)
+        message = tmp_path / "s3_training.json"
+        message.write_text(json.dumps({"inputs": [{
+            "tasks": [{"type": "load", "properties": {"loader_id": "fsspec",
+                                                      "files": ["s3://dfp-logs/duo/training/*.json"]}},
+                      {"type": "training", "properties": {}}],
+            "metadata": {"data_type": "payload"},
+        }]}))
+        cfg = make_cfg(tmp_path, storage_options=opts, train_users="generic")
+        summary = run(cfg, [str(message)], progress=False)
+    assert summary.ok, summary.rejections
+    local_files = list((data / "duo" / "training").glob("*.json"))
+    assert summary.files == len(local_files)
+    local_rows = sum(len(json.loads(p.read_text())) for p in local_files)
+    assert summary.rows == local_rows
+    assert ModelRegistry.from_config(cfg).latest("duo", GENERIC_USER) is not None
