@@ -1,0 +1,1 @@
+"""Ray Serve deployments (HTTP scoring and fingerprint endpoints) live here."""
