@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -76,10 +77,13 @@ def running_s3_server(timeout: float = 30.0) -> Iterator[str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    # The server logs every request to stderr. A pipe nobody reads fills up after a few
+    # hundred requests and then blocks the server, so the log goes to a temporary file.
+    log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
     )
@@ -87,7 +91,8 @@ def running_s3_server(timeout: float = 30.0) -> Iterator[str]:
         deadline = time.monotonic() + timeout
         while not _ready(endpoint):
             if process.poll() is not None:
-                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                log.seek(0)
+                err = log.read().decode(errors="replace")
                 raise RuntimeError(f"moto_server exited with code {process.returncode}: {err[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"moto_server not ready at {endpoint} after {timeout:.0f} s")
@@ -103,5 +108,4 @@ def running_s3_server(timeout: float = 30.0) -> Iterator[str]:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
-        if process.stderr:
-            process.stderr.close()
+        log.close()

@@ -176,3 +176,12 @@ def test_unreachable_endpoint_is_a_listing_error_naming_the_glob() -> None:
         expand_globs([f"s3://{BUCKET}/duo/*.json"], dead)
     assert f"cannot list 's3://{BUCKET}/duo/*.json'" in info.value.reason
     assert "EndpointConnectionError" in info.value.reason
+
+
+def test_server_keeps_answering_after_many_requests(s3_endpoint: str) -> None:
+    """The server logs each request; ~700 requests once filled an unread stderr pipe and hung it."""
+    import urllib.request
+
+    for _ in range(1000):
+        with urllib.request.urlopen(f"{s3_endpoint}/{BUCKET}?list-type=2&max-keys=1", timeout=5) as response:
+            assert response.status == 200
