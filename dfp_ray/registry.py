@@ -20,6 +20,7 @@ stays cheap. See docs/registry.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -365,7 +366,8 @@ def _metric_key(*parts: str) -> str:
     return "/".join(_METRIC_SAFE.sub("_", p) for p in parts)
 
 
-def _pip_requirements() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _pip_requirements() -> tuple[str, ...]:
     """Explicit requirements for the logged model: MLflow's inference of them costs ~8 s per log."""
     from importlib import metadata
 
@@ -376,9 +378,10 @@ def _pip_requirements() -> list[str]:
             reqs.append(f"{dist}=={version}")
         except metadata.PackageNotFoundError:
             reqs.append(dist)
-    return reqs
+    return tuple(reqs)
 
 
+@functools.lru_cache(maxsize=1)
 def _dfp_ray_version() -> str:
     from importlib import metadata
 
@@ -430,6 +433,7 @@ class ModelRegistry:
         self._client: Any = None
         self._experiments: dict[str, str] = {}
         self._known_models: set[str] = set()
+        self._signatures: dict[tuple, Any] = {}
         db = _sqlite_path(self.tracking_uri)
         self._lock_path = db.with_name(db.name + ".dfp-lock") if db is not None else None
         quiet_mlflow()
@@ -615,12 +619,15 @@ class ModelRegistry:
         first, last = _as_utc(first_event), _as_utc(last_event)
         if isinstance(input_example, list):
             input_example = pd.json_normalize(input_example, sep=".")
-        example = (
-            input_example.head(5).reset_index(drop=True)
-            if input_example is not None and len(input_example)
-            else example_raw_frame(schema, user=user, when=last)
-        )
-        signature = _signature(model, schema, example)
+        if input_example is not None and len(input_example):
+            signature = _signature(model, schema, input_example.head(5).reset_index(drop=True))
+        else:
+            # the synthesised example's signature depends only on schema + features: reuse it
+            key = (schema.fingerprint(), tuple(model.categorical), tuple(model.numeric), tuple(model.binary))
+            signature = self._signatures.get(key)
+            if signature is None:
+                example = example_raw_frame(schema, user=user, when=last)
+                signature = self._signatures[key] = _signature(model, schema, example)
 
         common_tags = {
             "source": source,
@@ -678,7 +685,7 @@ class ModelRegistry:
                         python_model=str(PYFUNC_CODE_PATH),
                         artifacts={MODEL_ARTIFACT: str(model_dir), SCHEMA_ARTIFACT: str(schema_file)},
                         signature=signature,
-                        pip_requirements=_pip_requirements(),
+                        pip_requirements=list(_pip_requirements()),
                         tags=common_tags,
                     )
                 version = client.create_model_version(
