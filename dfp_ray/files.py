@@ -426,11 +426,11 @@ def plan_batches(
     batches = batch_files(refs, options, message.metadata.data_type, seed=seed)
     if not batches:
         prefix = files_field.split("tasks[")[0]
-        assert options is not None  # without options nothing is filtered out
+        opts = options or BatchingOptions()
         first, last = refs[0].batch_time.isoformat(), refs[-1].batch_time.isoformat()
         raise NoFilesInWindow(
             f"{len(refs)} file(s) matched (batch times {first} .. {last}) but none are left after "
-            f"start_time={options.start_time}, end_time={options.end_time}, sampling={options.sampling}: "
+            f"start_time={opts.start_time}, end_time={opts.end_time}, sampling={opts.sampling}: "
             "widen the window or fix the dates",
             field=f"{prefix}metadata.batching_options",
         )
