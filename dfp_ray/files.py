@@ -271,9 +271,9 @@ _DAY_NS = 86400 * 10**9
 
 
 def _to_ns(times: list[datetime]) -> np.ndarray:
-    return np.array([np.datetime64(t.astimezone(timezone.utc).replace(tzinfo=None), "ns") for t in times]).astype(
-        "datetime64[ns]"
-    ).astype(np.int64)
+    """UTC nanoseconds since the epoch; naive datetimes are taken as UTC (never local time)."""
+    utc = [t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times]
+    return np.array([np.datetime64(t.replace(tzinfo=None), "ns") for t in utc]).astype("datetime64[ns]").astype(np.int64)
 
 
 def _bins(times_ns: np.ndarray, spec: PeriodSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -289,11 +289,12 @@ class BatchingOptions(BaseModel):
         return self
 
     # The window, as UTC datetimes. Kept here so batching and docs agree on one definition.
+    # Naive datetimes are read as UTC here too: ``model_copy(update=...)`` skips validation.
     def window_start(self) -> datetime | None:
         if self.start_time is None:
             return None
         if isinstance(self.start_time, datetime):
-            return self.start_time
+            return _parse_when(self.start_time)
         return datetime(self.start_time.year, self.start_time.month, self.start_time.day, tzinfo=timezone.utc)
 
     def window_end_inclusive(self) -> datetime | None:
@@ -301,7 +302,7 @@ class BatchingOptions(BaseModel):
         if self.end_time is None:
             return None
         if isinstance(self.end_time, datetime):
-            return self.end_time
+            return _parse_when(self.end_time)
         day = self.end_time
         return datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=timezone.utc)
 

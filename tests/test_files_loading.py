@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -598,3 +599,17 @@ def test_plain_urls_load_uncached(tmp_path: Path) -> None:
     result = load_files([str(p) for p in paths], cache=cache)
     assert result.files_loaded == 2 and len(result.frame) == 6
     assert load_files([str(p) for p in paths], cache=cache).files_from_cache == 0
+
+
+def test_naive_datetimes_are_utc_even_when_options_skip_validation(monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # a local zone must not leak into the window
+    time.tzset()
+    try:
+        opts = BatchingOptions().model_copy(update={"start_time": datetime(2022, 8, 2), "end_time": datetime(2022, 8, 2, 12)})
+        (batch,) = batch_files(refs_at(every(6, 16)), opts, "payload")
+        assert [f.batch_time for f in batch.files] == [utc(2022, 8, 2), utc(2022, 8, 2, 6), utc(2022, 8, 2, 12)]
+        naive = [FileRef(url="a", size=1, modified=None, batch_time=datetime(2022, 8, 2, 1))]
+        assert batch_files(naive, BatchingOptions(start_time="2022-08-02T00:30:00Z"), "payload")[0].files == naive
+    finally:
+        monkeypatch.undo()
+        time.tzset()
