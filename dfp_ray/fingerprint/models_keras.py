@@ -1,0 +1,226 @@
+"""Keras models (``.h5`` and ``.keras``) through Keras 3 on the torch backend.
+
+No TensorFlow: ``KERAS_BACKEND`` is set to ``torch`` before Keras is imported; if Keras was
+already imported with another backend in this process we stop with an error rather than
+silently use it. Models are loaded with ``safe_mode=True, compile=False``. Before Keras sees
+the file we read its architecture (the ``model_config`` attribute of an ``.h5``, the
+``config.json`` of a ``.keras`` zip) and refuse any ``Lambda`` layer: a Lambda carries
+Python bytecode, which is code execution, and safe mode would refuse it anyway, but with a
+less helpful message.
+
+Fingerprintable layers: every layer that owns weights (Conv, Dense, BatchNormalization,
+nested models, ...) plus pooling layers, in the model's layer order; layers that only move
+values around (Input, Flatten, Reshape, Dropout, Activation-free reshapes) would duplicate
+their neighbour and are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .activations import LayerInfo, LoadedModel
+from .errors import FingerprintError, UnsafeInputError
+
+_UNSAFE_LAYER_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+_MAX_CONFIG_BYTES = 64 * 1024**2
+
+
+def import_keras() -> Any:
+    """Import Keras on the torch backend, or explain why that is not possible."""
+    if "keras" in sys.modules:
+        keras = sys.modules["keras"]
+        backend = keras.backend.backend()
+        if backend != "torch":
+            raise FingerprintError(
+                f"Keras is already imported with the {backend!r} backend in this process; the fingerprint code "
+                "needs KERAS_BACKEND=torch set before Keras is first imported"
+            )
+        return keras
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    if os.environ["KERAS_BACKEND"] != "torch":
+        raise FingerprintError(
+            f"KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r}; fingerprinting runs Keras on the torch "
+            "backend: unset it or set KERAS_BACKEND=torch"
+        )
+    try:
+        import keras
+    except ImportError as exc:
+        raise FingerprintError(
+            "Keras models need the 'keras' and 'h5py' packages (pip install 'dfp-ray[fingerprint]')"
+        ) from exc
+    return keras
+
+
+def _walk_class_names(node: Any) -> list[tuple[str, str]]:
+    """All (class_name, layer name) pairs in a Keras config tree."""
+    found: list[tuple[str, str]] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            cls = item.get("class_name")
+            if isinstance(cls, str):
+                cfg = item.get("config")
+                name = cfg.get("name", "?") if isinstance(cfg, dict) else "?"
+                found.append((cls, str(name)))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def read_keras_config(path: Path) -> dict[str, Any]:
+    """The model architecture stored in an ``.h5`` or ``.keras`` file, without loading it."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head == b"\x89HDF\r\n\x1a\n":
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("model_config")
+        if raw is None:
+            raise FingerprintError(
+                f"{path.name} is an HDF5 file without a model architecture (weights only?); save the whole model"
+            )
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        return json.loads(text)
+    if head.startswith(b"PK"):
+        with zipfile.ZipFile(path) as zf:
+            try:
+                info = zf.getinfo("config.json")
+            except KeyError:
+                raise FingerprintError(f"{path.name} is a zip without config.json: not a .keras model") from None
+            if info.file_size > _MAX_CONFIG_BYTES:
+                raise UnsafeInputError(f"{path.name}: config.json declares {info.file_size} bytes, refusing")
+            return json.loads(zf.read(info))
+    raise FingerprintError(f"{path.name} is neither an HDF5 (.h5) nor a zip (.keras) Keras model")
+
+
+def check_keras_config(config: dict[str, Any], where: str) -> None:
+    """Refuse architectures that would carry code (Lambda layers)."""
+    bad = [(cls, name) for cls, name in _walk_class_names(config) if cls in _UNSAFE_LAYER_CLASSES]
+    if bad:
+        names = ", ".join(f"{name!r} ({cls})" for cls, name in bad)
+        raise UnsafeInputError(
+            f"{where}: refused a Keras model with Lambda layers ({names}); a Lambda layer stores Python code, "
+            "which loading would run. Replace it with a built-in or registered custom layer and save again"
+        )
+
+
+def _is_fingerprintable(layer: Any) -> bool:
+    cls = type(layer).__name__
+    if cls == "InputLayer":
+        return False
+    return bool(layer.weights) or "Pooling" in cls
+
+
+def _weights_hash(model: Any) -> str:
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(np.asarray(w.numpy() if hasattr(w, "numpy") else w, dtype=np.float32))
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class KerasModel(LoadedModel):
+    """A Keras 3 model and a multi-output view of its fingerprintable layers."""
+
+    model: Any = None
+    _extractors: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def _device_scope(self) -> AbstractContextManager[Any]:
+        keras = import_keras()
+        if self.device.type == "cpu" and torch.cuda.is_available():
+            return keras.device("cpu")
+        return nullcontext()
+
+    def layer_outputs(self, x: np.ndarray, names: Sequence[str]) -> list[torch.Tensor]:
+        keras = import_keras()
+        key = tuple(names)
+        if key not in self._extractors:
+            layers = [self.model.get_layer(n) for n in names]
+            self._extractors[key] = keras.Model(inputs=self.model.inputs, outputs=[layer.output for layer in layers])
+        with self._device_scope():
+            outs = self._extractors[key]([x] if len(self.model.inputs) == 1 else x, training=False)
+        if not isinstance(outs, list | tuple):
+            outs = [outs]
+        return [o if isinstance(o, torch.Tensor) else torch.as_tensor(np.asarray(o)) for o in outs]
+
+
+def load_keras_model(path: str | os.PathLike | bytes, device: torch.device) -> KerasModel:
+    """Load a ``.h5``/``.keras`` file (or its bytes) safely; see the module docstring."""
+    keras = import_keras()
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        if isinstance(path, bytes | bytearray):
+            tmp = tempfile.TemporaryDirectory(prefix="dfp_ray_keras_")
+            data = bytes(path)
+            suffix = ".h5" if data.startswith(b"\x89HDF") else ".keras"
+            file = Path(tmp.name) / f"model{suffix}"
+            file.write_bytes(data)
+        else:
+            file = Path(path)
+            if not file.is_file():
+                raise FingerprintError(f"model file not found: {file}")
+            if file.suffix not in (".h5", ".keras", ".hdf5"):
+                # Keras picks its loader by extension; give it one matching the content.
+                tmp = tempfile.TemporaryDirectory(prefix="dfp_ray_keras_")
+                with open(file, "rb") as fh:
+                    suffix = ".h5" if fh.read(4) == b"\x89HDF" else ".keras"
+                link = Path(tmp.name) / f"model{suffix}"
+                link.write_bytes(file.read_bytes())
+                file = link
+        check_keras_config(read_keras_config(file), file.name)
+        file_sha = hashlib.sha256(file.read_bytes()).hexdigest()
+        scope = keras.device("cpu") if device.type == "cpu" and torch.cuda.is_available() else nullcontext()
+        with scope:
+            try:
+                model = keras.saving.load_model(str(file), safe_mode=True, compile=False)
+            except Exception as exc:  # Keras raises many types for unreadable models
+                raise FingerprintError(f"Keras could not load the model: {exc}") from exc
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if not getattr(model, "inputs", None):
+        raise FingerprintError("the Keras model has no defined inputs (an unbuilt subclassed model?); save a built model")
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if any(s is None for s in input_shape):
+        shape: tuple[int, ...] | None = None
+    else:
+        shape = tuple(int(s) for s in input_shape)
+    layers = []
+    for layer in model.layers:
+        if _is_fingerprintable(layer):
+            data_format = getattr(layer, "data_format", "channels_last")
+            axis = "first" if data_format == "channels_first" else "last"
+            layers.append(LayerInfo(name=layer.name, kind=type(layer).__name__, channel_axis=axis))
+    if not layers:
+        raise FingerprintError("the Keras model has no layers with weights or pooling to fingerprint")
+    first_format = next((getattr(lyr, "data_format", None) for lyr in model.layers if hasattr(lyr, "data_format")), None)
+    layout = "first" if first_format == "channels_first" else "last"
+    return KerasModel(
+        framework="keras",
+        model_format="h5" if file.suffix in (".h5", ".hdf5") else "keras",
+        input_shape=shape,
+        input_layout=layout,
+        weights_sha256=_weights_hash(model),
+        file_sha256=file_sha,
+        layers=layers,
+        device=device,
+        model=model,
+    )
