@@ -850,8 +850,9 @@ class ModelCache:
     ``get`` asks the registry for the latest version at most every ``refresh_seconds`` per
     user (0: every call) and reloads only when the version number went up. Users without a
     model are remembered for ``refresh_seconds`` too, so a user scored with the generic
-    model does not cost a registry query per batch. When the registry is unreachable the
-    cached model keeps serving (with a warning) rather than failing inference.
+    model does not cost a registry query per batch. When the registry is unreachable, or a
+    newer version fails to load, the cached model keeps serving (with a warning) rather than
+    failing inference; the newer version is tried again after ``refresh_seconds``.
     """
 
     def __init__(
@@ -907,7 +908,14 @@ class ModelCache:
                     entry.checked = now
                     self._entries.move_to_end(key)
                     return entry.model, entry.ref
-            model = self.registry.load(latest, device=self.device)
+            try:
+                model = self.registry.load(latest, device=self.device)
+            except ModelLoadError as exc:
+                if entry is not None and entry.model is not None and entry.ref is not None:
+                    log.warning("keeping %s: newer %s does not load: %s", entry.ref.label, latest.label, exc)
+                    entry.checked = now
+                    return entry.model, entry.ref
+                raise
             self.loads += 1
             self._store(key, _Entry(model, latest, now))
             return model, latest

@@ -288,13 +288,14 @@ def test_cache_refreshes_to_a_newer_version(registry, model_a, model_b):
 
 
 def test_cache_put_lru_and_missing_users(registry, model_a):
+    register(registry, "lru.user", model_a)
     ticks = iter(range(1000))
     cache = ModelCache(registry, max_models=2, refresh_seconds=10, clock=lambda: float(next(ticks)))
     assert cache.get("duo", "nobody.here") is None
     ref = ModelRef("DFP-duo-trained", "7", None)
     cache.put("duo", "trained", model_a[0], ref)
     assert cache.get("duo", "trained") == (model_a[0], ref) and cache.loads == 0
-    cache.get("duo", "alice")  # loads -> 3 entries over max 2: the oldest (nobody.here) goes
+    cache.get("duo", "lru.user")  # loads -> 3 entries over max 2: the oldest (nobody.here) goes
     assert cache.loads == 1 and len(cache._entries) == 2 and len(cache) == 2
     cache.get("duo", "nobody.here")
     assert ("duo", "DFP-duo-trained") not in cache._entries  # least recently used evicted
@@ -320,6 +321,19 @@ def test_broken_artifacts_error_names_the_version(registry, model_a):
     weights.write_bytes(b"not safetensors")
     with pytest.raises(ModelLoadError, match=f"{ref.name}:{ref.version}"):
         registry.load(ref)
+
+
+def test_cache_keeps_serving_when_a_newer_version_is_broken(registry, model_a, model_b, caplog):
+    v1 = register(registry, "fallback.user", model_a)
+    cache = ModelCache(registry, refresh_seconds=0)
+    assert cache.get("duo", "fallback.user")[1] == v1
+    v2 = register(registry, "fallback.user", model_b)
+    next(p for p in artifact_files(registry, v2) if p.name == "model.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="dfp_ray.registry"):
+        assert cache.get("duo", "fallback.user")[1] == v1
+    assert v2.label in caplog.text
+    with pytest.raises(ModelLoadError, match=v2.label):  # nothing cached: the error surfaces
+        ModelCache(registry, refresh_seconds=0).get("duo", "fallback.user")
 
 
 def test_bad_uris_are_rejected_with_advice(tmp_path):
