@@ -99,8 +99,8 @@ def apply_time_window(messages: list[ControlMessage], start: str | None, duratio
                 raise ValueError("--duration needs --start-time (or a start_time in the message)")
             import pandas as pd
 
-            updates["end_time"] = pd.Timestamp(begin) + pd.Timedelta(duration) - timedelta(microseconds=1)
-        msg.metadata.batching_options = opts.model_copy(update=updates)
+            updates["end_time"] = (pd.Timestamp(begin) + pd.Timedelta(duration)).to_pydatetime() - timedelta(microseconds=1)
+        msg.metadata.batching_options = BatchingOptions.model_validate({**opts.model_dump(), **updates})
 
 
 class Pipeline:

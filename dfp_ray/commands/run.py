@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from dfp_ray.runner import run as run_pipeline
 
-    summary = run_pipeline(cfg, args.input_file, start_time=args.start_time, duration=args.duration,
-                           progress=not args.no_progress)
+    try:
+        summary = run_pipeline(cfg, args.input_file, start_time=args.start_time, duration=args.duration,
+                               progress=not args.no_progress)
+    except (ValueError, TimeoutError) as exc:  # bad --start-time/--duration, a message past its timeout
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(summary.table())
     return 0 if summary.ok else 1
