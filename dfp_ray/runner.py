@@ -33,6 +33,7 @@ class RunSummary(BaseModel):
     users_trained: int = 0
     users_skipped: int = 0
     users_scored: int = 0
+    users_without_model: int = 0
     rows_scored: int = 0
     detections: int = 0
     seconds: float = 0.0
@@ -51,7 +52,8 @@ class RunSummary(BaseModel):
             ("messages processed", self.messages), ("messages rejected", self.rejected),
             ("files loaded", self.files), ("rows loaded", self.rows),
             ("users trained", self.users_trained), ("users skipped (too few rows)", self.users_skipped),
-            ("users scored", self.users_scored), ("rows scored", self.rows_scored),
+            ("users scored", self.users_scored), ("users without a model", self.users_without_model),
+            ("rows scored", self.rows_scored),
             ("detections", self.detections), ("wall time (s)", f"{self.seconds:.1f}"),
         ]
         if self.detections_path:
@@ -233,6 +235,9 @@ def run(
         summary.users_trained += len(res["trained"])
         summary.users_skipped += len(res["skipped_users"])
         summary.users_scored += sum(1 for r in res["inferred"] if not r.get("error"))
+        summary.users_without_model += sum(1 for r in res["inferred"] if r.get("error"))
+        for err in res["errors"]:
+            log.warning("%s: %s", res["message_id"], err)
         summary.rows_scored += res["scored"]
         summary.detections += res["detections"]
         summary.messages_detail.append(res)
