@@ -397,8 +397,10 @@ class ModelRegistry:
 
     ``tracking_uri`` is any MLflow URI: ``sqlite:///path/mlflow.db`` (embedded, the default of
     :class:`~dfp_ray.config.DFPConfig`), ``http://host:5000`` (a tracking server),
-    ``databricks``. Create one registry per process (after any fork): it holds database
-    connections. Methods are thread-safe.
+    ``databricks``. ``artifact_location`` is the artifact root for the experiments it
+    creates; for sqlite it defaults to ``mlartifacts/`` next to the database file, for a
+    server to the server's own artifact store. Create one registry per process (after any
+    fork): it holds database connections. Methods are thread-safe.
     """
 
     def __init__(
@@ -426,6 +428,10 @@ class ModelRegistry:
         registered_model_name("x", "y", name_template)  # validates the template
         self.tracking_uri = _normalise_uri(tracking_uri)
         self.registry_uri = _normalise_uri(registry_uri) if registry_uri else self.tracking_uri
+        db = _sqlite_path(self.tracking_uri)
+        if artifact_location is None and db is not None:
+            # next to the database, not MLflow's default ./mlruns under whatever the cwd is
+            artifact_location = (db.parent.resolve() / "mlartifacts").as_uri()
         self.artifact_location = artifact_location.rstrip("/") if artifact_location else None
         self.name_template = name_template
         self.experiment_template = experiment_template
@@ -434,7 +440,6 @@ class ModelRegistry:
         self._experiments: dict[str, str] = {}
         self._known_models: set[str] = set()
         self._signatures: dict[tuple, Any] = {}
-        db = _sqlite_path(self.tracking_uri)
         self._lock_path = db.with_name(db.name + ".dfp-lock") if db is not None else None
         quiet_mlflow()
 

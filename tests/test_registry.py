@@ -336,6 +336,12 @@ def test_cache_keeps_serving_when_a_newer_version_is_broken(registry, model_a, m
         ModelCache(registry, refresh_seconds=0).get("duo", "fallback.user")
 
 
+def test_sqlite_artifacts_default_to_next_to_the_database(tmp_path):
+    registry = ModelRegistry(f"sqlite:///{tmp_path}/sub/mlflow.db")
+    assert registry.artifact_location == (tmp_path / "sub" / "mlartifacts").as_uri()
+    assert registry.tracking_uri.endswith("mlflow.db?timeout=60")
+
+
 def test_bad_uris_are_rejected_with_advice(tmp_path):
     with pytest.raises(ValueError, match="sqlite:///"):
         ModelRegistry(str(tmp_path / "mlruns"))
@@ -366,7 +372,7 @@ def test_concurrent_registration_from_processes(tmp_path, registry, model_a):
     # the module's store: its tables exist already (creating them costs 2-9 s, paid once per module)
     db_uri, artifacts = registry.tracking_uri, registry.artifact_location
     workers, per_worker = 3, 1
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("spawn")  # fresh processes, nothing inherited (as Ray workers)
     with ctx.Pool(workers) as pool:
         args = [(db_uri, artifacts, str(tmp_path / "model"), report.model_dump_json(), w, per_worker)
                 for w in range(workers)]  # fmt: skip
