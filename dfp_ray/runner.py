@@ -119,6 +119,11 @@ class Pipeline:
         self.cfg = cfg
         self.schema = schema or load_schema(cfg.schema_ref)
         cfg.state_path.mkdir(parents=True, exist_ok=True)
+        # Open (and for a new sqlite file, create) the registry once, here, before the actors
+        # race to do it; an unreachable tracking server fails the run now, not per user.
+        from dfp_ray.registry import ModelRegistry
+
+        ModelRegistry.from_config(cfg).client  # noqa: B018
         resources = ray.available_resources()
         gpus = int(resources.get("GPU", 0))
         n = cfg.ray.num_user_actors or (gpus if gpus and cfg.ray.num_gpus_per_actor else

@@ -195,3 +195,13 @@ def test_s3_globs_load_like_local_files(ray_session, data, tmp_path):
     local_rows = sum(len(json.loads(p.read_text())) for p in local_files)
     assert summary.rows == local_rows
     assert ModelRegistry.from_config(cfg).latest("duo", GENERIC_USER) is not None
+
+
+def test_inference_without_any_model_reports_users_and_keeps_going(ray_session, data, tmp_path):
+    cfg = make_cfg(tmp_path)
+    summary = run(cfg, [str(data / "control_messages" / "duo_payload_inference.json")], progress=False)
+    assert summary.ok  # the message itself was fine
+    assert summary.users_scored == 0 and summary.users_without_model == 6
+    assert "no model registered for user" in summary.messages_detail[0]["errors"][0]
+    assert summary.messages_detail[0]["errors"][0].startswith("NoModelError")
+    assert "users without a model" in summary.table()

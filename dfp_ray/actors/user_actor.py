@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pandas as pd
@@ -10,6 +11,8 @@ import ray
 from dfp_ray.config import DFPConfig
 from dfp_ray.schema import SourceSchema
 from dfp_ray.user_work import UserWorker
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote
@@ -25,15 +28,22 @@ class UserActor:
         self.worker = UserWorker(DFPConfig.model_validate(cfg), SourceSchema.model_validate(schema), index)
 
     def train(self, user: str, frame: pd.DataFrame, data_type: str) -> dict:
-        return self.worker.train(user, frame, data_type).model_dump()
+        try:
+            return self.worker.train(user, frame, data_type).model_dump()
+        except Exception as exc:  # one user's failure must not lose the other users' work
+            log.exception("training %s failed", user)
+            return {"user": user, "rows": len(frame), "trained": False, "worker": self.index,
+                    "reason": f"error: {type(exc).__name__}: {exc}"}
 
     @ray.method(num_returns=2)
     def infer(self, user: str, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, dict]:
         try:
             scored, result = self.worker.infer(user, frame)
-        except LookupError as exc:  # no model: report it, keep the actor and the run alive
+        except Exception as exc:  # no model, registry down, ...: report it, keep the run alive
+            if not isinstance(exc, LookupError):
+                log.exception("inference for %s failed", user)
             return None, {"user": user, "rows": len(frame), "model_version": None, "seconds": 0.0,
-                          "worker": self.index, "error": str(exc)}
+                          "worker": self.index, "error": f"{type(exc).__name__}: {exc}"}
         return scored, result.model_dump()
 
     def users(self) -> list[str]:
