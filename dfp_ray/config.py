@@ -75,6 +75,9 @@ class RayConfig(_Strict):
     max_in_flight: int = Field(
         0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."
     )
+    users_per_call: int = Field(
+        512, ge=1, description="Inference: users sent to a user actor in one call (one frame)."
+    )
     message_timeout_s: float | None = Field(
         None, gt=0, description="Give up on a control message after this many seconds (None = no limit)."
     )

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -140,16 +141,43 @@ class UserWorker:
             )
         return found
 
-    def infer(self, user: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, InferResult]:
-        """Score every row of ``frame``; returns the scored rows (post-processed) and a summary."""
+    def infer(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[InferResult]]:
+        """Score every row of ``frame`` (any number of users this actor owns).
+
+        Counters are computed once for the whole frame (they are per user anyway); each
+        user's model is resolved (own model, else generic) and rows that share a model are
+        scored in one call, so thousands of users with a few events each cost a few model
+        calls, not thousands. A user without any model is reported in its result and skipped.
+        """
         start = time.perf_counter()
-        self.users_seen.add(user)
-        model, ref = self.model_for(user)
-        prepared = prepare_features(frame, self.schema)
-        scores = model.score(prepared)
-        scored = pd.concat([prepared.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
-        scored = add_postprocessing(scored, model_version=ref.label)
-        return scored, InferResult(
-            user=user, rows=len(scored), model_version=ref.label,
-            seconds=time.perf_counter() - start, worker=self.worker_index,
-        )
+        s = self.schema
+        prepared = prepare_features(frame, s).reset_index(drop=True)
+        users = prepared[s.user_column].astype(str)
+        by_user = users.groupby(users, sort=False).indices
+        results: dict[str, InferResult] = {}
+        by_model: dict[str, tuple[object, object, list]] = {}
+        for user, idx in by_user.items():
+            self.users_seen.add(user)
+            try:
+                model, ref = self.model_for(user)
+            except Exception as exc:  # no model, registry down: this user only
+                results[user] = InferResult(user=user, rows=len(idx), model_version=None, seconds=0.0,
+                                            worker=self.worker_index, error=f"{type(exc).__name__}: {exc}")
+                continue
+            entry = by_model.setdefault(ref.label, (model, ref, []))
+            entry[2].append(idx)
+            results[user] = InferResult(user=user, rows=len(idx), model_version=ref.label, seconds=0.0,
+                                        worker=self.worker_index)
+        parts = []
+        for label, (model, _ref, idx_list) in by_model.items():
+            rows = prepared.take(np.concatenate(idx_list))
+            scores = model.score(rows)
+            scored = pd.concat([rows.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
+            parts.append(add_postprocessing(scored, model_version=label))
+        out = pd.concat(parts, ignore_index=True) if parts else prepared.iloc[0:0]
+        if len(out):
+            out = out.sort_values(s.time_column, kind="stable").reset_index(drop=True)
+        elapsed = time.perf_counter() - start
+        for r in results.values():
+            r.seconds = elapsed
+        return out, list(results.values())

@@ -152,36 +152,38 @@ class RouterActor:
         return pending
 
     def _infer(self, frame: pd.DataFrame, result: dict[str, Any]) -> None:
-        work = list(split_by_user(frame, self.schema.user_column, for_training=False))
-        self.progress_state.update(stage="inference", add_users_total=len(work))
+        """One call per owning actor and chunk of users (not one per user): Ray's per-call
+        overhead would otherwise dominate when users have a handful of events each."""
+        user_col = self.schema.user_column
+        users = frame[user_col].astype(str)
+        unique = users.unique()
+        owner_of_user = {u: self.owner_of(u) for u in unique}  # one crc32 per user, not per row
+        owners = users.map(owner_of_user)
+        self.progress_state.update(stage="inference", add_users_total=len(unique))
         in_flight: list[tuple] = []
-        ready_frames: list = []
         writes: list = []
-
-        def collect(limit: int) -> None:
-            nonlocal in_flight
-            while len(in_flight) > limit:
-                refs = [s for _, s in in_flight]
-                done, _ = ray.wait(refs, num_returns=1)
-                idx = refs.index(done[0])
-                frame_ref, summary_ref = in_flight.pop(idx)
-                summary = ray.get(summary_ref)
-                result["inferred"].append(summary)
-                if summary.get("error"):
-                    result["errors"].append(summary["error"])
-                else:
-                    ready_frames.append(frame_ref)
-                self.progress_state.update(add_users_done=1)
-            if len(ready_frames) >= 64 or (limit == 0 and ready_frames):
-                writes.append(self.sink.write.remote(*ready_frames))
-                ready_frames.clear()
-
-        for user, uframe in work:
-            actor = self.actors[self.owner_of(user)]
-            frame_ref, summary_ref = actor.infer.remote(user, uframe)
-            in_flight.append((frame_ref, summary_ref))
-            collect(self.max_in_flight)
-        collect(0)
-        for w in ray.get(writes):  # durable before the message counts as done
+        chunk_users = self.cfg.ray.users_per_call
+        for actor_idx, rows in frame.groupby(owners, sort=True):
+            actor_users = rows[user_col].astype(str).unique()
+            for start in range(0, len(actor_users), chunk_users):
+                chunk = set(actor_users[start:start + chunk_users])
+                part = rows[rows[user_col].astype(str).isin(chunk)] if len(actor_users) > chunk_users else rows
+                frame_ref, summary_ref = self.actors[actor_idx].infer.remote(part)
+                in_flight.append((frame_ref, summary_ref))
+                while len(in_flight) > self.max_in_flight:
+                    writes.append(self._collect(in_flight.pop(0), result))
+        while in_flight:
+            writes.append(self._collect(in_flight.pop(0), result))
+        for w in ray.get([w for w in writes if w is not None]):  # durable before the message is done
             result["scored"] += w["scored"]
             result["detections"] += w["detections"]
+
+    def _collect(self, refs: tuple, result: dict[str, Any]):
+        frame_ref, summary_ref = refs
+        summaries = ray.get(summary_ref)
+        result["inferred"].extend(summaries)
+        result["errors"].extend(s["error"] for s in summaries if s.get("error"))
+        self.progress_state.update(add_users_done=len(summaries))
+        if any(not s.get("error") for s in summaries):
+            return self.sink.write.remote(frame_ref)  # the sink resolves the frame from the object store
+        return None

@@ -36,15 +36,16 @@ class UserActor:
                     "reason": f"error: {type(exc).__name__}: {exc}"}
 
     @ray.method(num_returns=2)
-    def infer(self, user: str, frame: pd.DataFrame) -> tuple[pd.DataFrame | None, dict]:
+    def infer(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+        """Score the rows of the users this actor owns; per-user failures are in the results."""
         try:
-            scored, result = self.worker.infer(user, frame)
-        except Exception as exc:  # no model, registry down, ...: report it, keep the run alive
-            if not isinstance(exc, LookupError):
-                log.exception("inference for %s failed", user)
-            return None, {"user": user, "rows": len(frame), "model_version": None, "seconds": 0.0,
-                          "worker": self.index, "error": f"{type(exc).__name__}: {exc}"}
-        return scored, result.model_dump()
+            scored, results = self.worker.infer(frame)
+        except Exception as exc:  # e.g. a frame the schema cannot prepare: report every user
+            log.exception("inference failed")
+            users = frame[self.worker.schema.user_column].astype(str).value_counts()
+            return None, [{"user": u, "rows": int(n), "model_version": None, "seconds": 0.0,
+                           "worker": self.index, "error": f"{type(exc).__name__}: {exc}"} for u, n in users.items()]
+        return scored, [r.model_dump() for r in results]
 
     def users(self) -> list[str]:
         return sorted(self.worker.users_seen)
