@@ -253,6 +253,25 @@ def test_keras_dot_keras_format_and_layer_choice(tmp_path):
         nfp.load_model(tmp_path / "m.keras", "pytorch")
 
 
+def test_keras_functional_model_with_a_branch(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape=(6,))
+    a = keras.layers.Dense(5, activation="relu", name="a")(inp)
+    b = keras.layers.Dense(5, name="b")(inp)
+    out = keras.layers.Dense(2, name="out")(keras.layers.Add(name="add")([a, b]))
+    model = keras.Model(inp, out)
+    model.save(str(tmp_path / "f.h5"))
+    loaded = nfp.load_model(tmp_path / "f.h5", device="cpu")
+    assert loaded.layer_names == ["a", "b", "out"]  # Add owns no weights: skipped
+    x = np.random.default_rng(0).random((7, 6)).astype(np.float32)
+    outs = loaded.layer_outputs(x, ["out", "a"])
+    np.testing.assert_allclose(outs[0].detach().cpu().numpy(), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    kernel, bias = model.get_layer("a").get_weights()
+    np.testing.assert_allclose(outs[1].detach().cpu().numpy(), np.maximum(x @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+
+
 def test_every_cli_option_has_help():
     from dfp_ray.commands import fingerprint as command
 

@@ -15,6 +15,8 @@ sample is the RMSE over its standardised units.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -58,6 +60,31 @@ class LayerAutoencoder(nn.Module):
         return torch.sqrt(torch.mean((self.net(z) - z) ** 2, dim=1))
 
 
+SMALL_MATMUL = 1_000_000
+"""Below this many weights in the widest layer, CPU training runs on one thread (see below)."""
+
+
+@contextmanager
+def cpu_threads_for(shape: AutoencoderShape, device: torch.device) -> Iterator[None]:
+    """Train small autoencoders on one CPU thread.
+
+    Their batches are thousands of tiny ops that a second thread barely speeds up, and when
+    the cores are shared (CI, Ray workers) torch's worker threads spin at every op's barrier
+    waiting for a descheduled peer: measured on 2 cores with one other busy process, a
+    fingerprint took 97 s with 2 threads and 3 s with 1. The previous setting is restored
+    afterwards (process-wide, so concurrent callers may briefly see it).
+    """
+    if device.type != "cpu" or shape.input_size * shape.hidden_size >= SMALL_MATMUL:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_scaler(ae: LayerAutoencoder, x: np.ndarray) -> None:
     mean = x.mean(axis=0, dtype=np.float64)
     std = x.std(axis=0, dtype=np.float64)
@@ -89,6 +116,23 @@ def train_autoencoder(
     steps = math.ceil(n / batch_size)
     ae.train()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, unit="epoch")
+    with cpu_threads_for(ae.shape, device):
+        _fit(ae, data, opt, bar, batch_size, steps, gen)
+    ae.eval()
+    return ae
+
+
+def _fit(
+    ae: LayerAutoencoder,
+    data: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    bar: tqdm,
+    batch_size: int,
+    steps: int,
+    gen: torch.Generator,
+) -> None:
+    n = data.shape[0]
+    device = data.device
     for _ in bar:
         order = torch.randperm(n, generator=gen).to(device)
         total = 0.0
@@ -101,8 +145,6 @@ def train_autoencoder(
             opt.step()
             total += float(loss.detach()) * idx.numel()
         bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
-    ae.eval()
-    return ae
 
 
 @torch.no_grad()

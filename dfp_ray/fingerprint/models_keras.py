@@ -151,15 +151,38 @@ class KerasModel(LoadedModel):
 
     def layer_outputs(self, x: np.ndarray, names: Sequence[str]) -> list[torch.Tensor]:
         keras = import_keras()
-        key = tuple(names)
-        if key not in self._extractors:
-            layers = [self.model.get_layer(n) for n in names]
-            self._extractors[key] = keras.Model(inputs=self.model.inputs, outputs=[layer.output for layer in layers])
-        with self._device_scope():
-            outs = self._extractors[key]([x] if len(self.model.inputs) == 1 else x, training=False)
+        with self._device_scope(), torch.no_grad():
+            if isinstance(self.model, keras.Sequential):
+                outs = self._sequential_outputs(x, names)
+            else:
+                key = tuple(names)
+                if key not in self._extractors:
+                    layers = [self.model.get_layer(n) for n in names]
+                    self._extractors[key] = keras.Model(
+                        inputs=self.model.inputs, outputs=[layer.output for layer in layers]
+                    )
+                model_in = [x] if len(self.model.inputs) == 1 else x
+                outs = self._extractors[key](model_in, training=False)
         if not isinstance(outs, list | tuple):
             outs = [outs]
-        return [o if isinstance(o, torch.Tensor) else torch.as_tensor(np.asarray(o)) for o in outs]
+        return [o.detach() if isinstance(o, torch.Tensor) else torch.as_tensor(np.asarray(o)) for o in outs]
+
+    def _sequential_outputs(self, x: np.ndarray, names: Sequence[str]) -> list[Any]:
+        """A Sequential model run layer by layer: one pass, every requested output on the way.
+
+        (A multi-output ``keras.Model`` over a Sequential's layers re-runs shared prefixes,
+        about 3x slower.)
+        """
+        wanted = set(names)
+        found: dict[str, Any] = {}
+        h: Any = x
+        for layer in self.model.layers:
+            h = layer(h, training=False)
+            if layer.name in wanted:
+                found[layer.name] = h
+                if len(found) == len(wanted):
+                    break
+        return [found[n] for n in names]
 
 
 def load_keras_model(path: str | os.PathLike | bytes, device: torch.device) -> KerasModel:
