@@ -74,10 +74,17 @@ def run_model_safely(model: LoadedModel, x: np.ndarray, names: list[str]) -> lis
     except FingerprintError:
         raise
     except Exception as exc:
-        raise FingerprintError(
-            f"running the model on the dataset failed ({type(exc).__name__}: {exc}); check that the data has the "
-            f"shape the model expects (samples shaped {tuple(x.shape[1:])} here)"
-        ) from exc
+        raise FingerprintError(_run_failure(exc, x, model)) from exc
+
+
+def _run_failure(exc: Exception, x: np.ndarray, model: LoadedModel) -> str:
+    hint = "" if model.input_shape is not None else (
+        "; this model does not declare its input shape: pass input_shape (CLI: --input-shape, e.g. 1,28,28)"
+    )
+    return (
+        f"running the model on the dataset failed ({type(exc).__name__}: {exc}); check that the data has the "
+        f"shape the model expects (samples shaped {tuple(x.shape[1:])} here){hint}"
+    )
 
 
 def raw_channel_first_shape(shape: tuple[int, ...], channel_axis: str) -> list[int]:
@@ -93,7 +100,7 @@ def _model_features(model: LoadedModel, x: np.ndarray, cfg: FingerprintConfig) -
     except FingerprintError:
         raise
     except Exception as exc:
-        raise FingerprintError(f"running the model on the dataset failed ({type(exc).__name__}: {exc})") from exc
+        raise FingerprintError(_run_failure(exc, x, model)) from exc
     names = list(cfg.layers) if cfg.layers else model.layer_names
     for name in names:
         model.layer(name)  # unknown names fail here, listing the valid ones
