@@ -71,6 +71,10 @@ class RayConfig(_Strict):
         0.0, ge=0, description="Fractional GPUs per user actor (0 = CPU; e.g. 0.25 packs 4 actors per GPU)."
     )
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    actor_concurrency: int = Field(
+        1, ge=1, description="Calls a user actor runs at once (threads): >1 lets the MLflow registration "
+        "of one user overlap the training of the next, at the price of sharing the actor's CPUs.",
+    )
     max_models_cached: int = Field(256, ge=1, description="Loaded models kept per user actor (LRU).")
     max_in_flight: int = Field(
         0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."

@@ -130,13 +130,14 @@ class Pipeline:
                                         max(1, int(resources.get("CPU", 1))))
         cfg_d = cfg.model_dump(mode="json", by_alias=True)
         schema_d = self.schema.model_dump(mode="json")
-        opts = {"num_cpus": cfg.ray.num_cpus_per_actor}
+        opts = {"num_cpus": cfg.ray.num_cpus_per_actor, "max_concurrency": cfg.ray.actor_concurrency}
         if cfg.ray.num_gpus_per_actor:
             opts["num_gpus"] = cfg.ray.num_gpus_per_actor
         self.user_actors = [UserActor.options(**opts).remote(cfg_d, schema_d, i) for i in range(n)]
         self.sink = SinkActor.remote(cfg_d)
         self.router = RouterActor.remote(cfg_d, schema_d, self.user_actors, self.sink)
-        ray.get([a.pid.remote() for a in self.user_actors])  # fail fast if an actor can't start
+        # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
+        ray.get([a.warm_up.remote() for a in self.user_actors])
 
     def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[dict[str, Any]]:
 

@@ -65,6 +65,30 @@ class UserWorker:
         self.windows: dict[str, RollingWindow] = {}
         self.users_seen: set[str] = set()
 
+    def warm_up(self) -> float:
+        """Pay one-time costs at start-up, not on the first user: the first fit imports
+        torch's optimizer machinery and the first registration MLflow's model flavours
+        (seconds each). Fits a throw-away model on a few synthetic rows; nothing is registered."""
+        from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder
+
+        start = time.perf_counter()
+        import mlflow.pyfunc  # noqa: F401  (heavy import, used by every registration)
+
+        s = self.schema
+        rows = 8
+        frame = pd.DataFrame(
+            {**{c: ["a", "b"] * (rows // 2) for c in s.features.categorical},
+             **{c: [True, False] * (rows // 2) for c in s.features.binary},
+             **{c: np.arange(rows, dtype="float64") for c in s.features.numeric}}
+        )
+        params = AutoencoderParams.model_validate(
+            {**self.cfg.autoencoder.model_dump(), "epochs": 1, "encoder_layers": [8], "decoder_layers": [8]}
+        )
+        model = DFPAutoencoder(s.features.categorical, s.features.numeric, s.features.binary, params)
+        model.fit(frame)
+        model.score(frame)
+        return time.perf_counter() - start
+
     # ---- rolling windows (streaming training) -------------------------------------------
     def _window_path(self, user: str) -> Path:
         from dfp_ray.registry import safe_user_name

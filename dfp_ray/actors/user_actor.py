@@ -47,6 +47,9 @@ class UserActor:
                            "worker": self.index, "error": f"{type(exc).__name__}: {exc}"} for u, n in users.items()]
         return scored, [r.model_dump() for r in results]
 
+    def warm_up(self) -> float:
+        return self.worker.warm_up()
+
     def users(self) -> list[str]:
         return sorted(self.worker.users_seen)
 

@@ -206,6 +206,7 @@ def normal_events(
     fail_slot = choose_rows(rng, prof.fail_cum, u).tolist()
     code = np.array([int(prof.fail_codes[x][s]) for x, s in zip(ul, fail_slot, strict=True)], dtype=np.int64)
     code = np.where(failed, code, 0)
+    interactive = interactive | failed  # interrupts and bad passwords happen in interactive sign-ins
     at_home = day.city == pop.home[u]
     ip_pick = rng.integers(0, 2, n).tolist()
     travel_ips = ids.public_ips(rng, city_prefix[day.city])

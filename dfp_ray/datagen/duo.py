@@ -45,7 +45,7 @@ FACTORS = ("duo_push", "duo_mobile_passcode", "phone_call", "webauthn_security_k
 FACTOR_WEIGHTS = (0.70, 0.12, 0.06, 0.12)
 FAIL_REASONS = (*catalog.DUO_NORMAL_FAIL_REASONS, catalog.DUO_PASSCODE_FAIL_REASON)
 _FAIL_OPTION_W = np.array([5.0, 3.0, 1.0, 4.0])
-FAIL_RATE = (0.12, 0.2)  # range of users' share of denied authentications
+FAIL_RATE = (0.15, 0.22)  # range of users' share of denied authentications
 COLUMNS = (
     "user", "ts", "city", "app", "device", "hostname", "ip", "ip_geo", "factor", "result", "reason",
     "auth_name", "auth_city", "auth_ip", "kind",
@@ -126,7 +126,7 @@ def build_profiles(pop: Population, rng: np.random.Generator, city_prefix: np.nd
         phone.append(_phone_name(rng, catalog.PHONE_MODELS))
         key.append("Security Key (YubiKey 5 NFC)" if FACTORS[factor[u]] == "webauthn_security_key" else None)
     push_fallback = np.where(factor == 0, 0.0, rng.uniform(0.1, 0.3, n))
-    remembered = np.where(rng.random(n) < 0.6, rng.uniform(0.1, 0.35, n), 0.0)
+    remembered = np.where(rng.random(n) < 0.6, rng.uniform(0.15, 0.4, n), 0.0)
     fail_rate = rng.uniform(*FAIL_RATE, n)
     n_home_ips = rng.integers(1, 3, n)
     home_ips = [

@@ -38,14 +38,16 @@ DAY_MS = 86_400_000
 GROUND_TRUTH_COLUMNS = ("event_id", "source", "username", "timestamp", "kind")
 
 KIND_DESCRIPTIONS = {
-    "new_location": "stolen password used through proxies abroad: new country and city, attacker's device, "
-    "MFA pushes the victim rejects or ignores",
-    "new_device": "account taken over with a newly enrolled phone and a new computer, from the victim's own city",
-    "failed_burst": "password / passcode spraying: a fast burst of denied attempts ending in a lock-out",
-    "unusual_app": "privileged applications the user never uses (servers via SSH/RDP for Duo, admin portals "
-    "and CLIs for Azure AD)",
-    "off_hours": "activity in the middle of the user's night: unanswered MFA pushes then approvals (Duo), "
-    "a script replaying a stolen token (Azure AD)",
+    "new_location": "stolen password replayed through rotating proxies abroad (a new country and city per "
+    "attempt) from the attacker's own computer; the victim rejects or ignores most MFA prompts",
+    "new_device": "account takeover: a newly enrolled phone / registered device and a new computer, signing "
+    "in to app after app from cities the victim never visits",
+    "failed_burst": "password / passcode spraying through a few rotating proxies: a fast burst of denied "
+    "attempts ending in a lock-out (Azure AD: over a legacy protocol)",
+    "unusual_app": "privileged systems the user never uses (Duo: SSH/RDP into servers; Azure AD: admin portals "
+    "and CLIs) from jump hosts in cloud regions, some refused",
+    "off_hours": "activity in the victim's night (01:00-04:00 local) through Tor: unanswered MFA pushes then "
+    "approvals (Duo), a script replaying a stolen token (Azure AD)",
 }
 
 

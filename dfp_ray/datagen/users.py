@@ -20,6 +20,9 @@ from dfp_ray.datagen.config import DatagenConfig
 
 ATTACK_TARGET = "attacktarget"
 SECOND_LOCATION_SHARE = (0.08, 0.3)  # range of users' share of events from their nearby city
+DAILY_SD = 0.4  # sd of a user's daily event count, as a multiple of the Poisson sd
+DAILY_CAP = 1.0  # a day's count never exceeds the user's rate + DAILY_CAP sd
+EVENING_SHARE = (0.0, 0.04)  # range of users' share of events in the two hours after work
 # Stream ids for numpy SeedSequence: every consumer of randomness gets its own stream, so
 # adding a source or changing one source's code never changes another source's bytes.
 STREAM_PEOPLE = 0
@@ -212,7 +215,7 @@ def build_population(config: DatagenConfig) -> Population:
     mean_daily = config.events_per_user_per_day * rng.lognormal(0.0, 0.35, n)
     mean_daily *= config.events_per_user_per_day / max(mean_daily.mean(), 1e-9) if n >= 10 else 1.0
     weekday_rate = mean_daily / (5 / 7 + 2 / 7 * weekend_factor)
-    evening_share = rng.uniform(0.0, 0.08, n)
+    evening_share = rng.uniform(*EVENING_SHARE, n)
 
     total = config.total_days
     city_by_day = np.repeat(home[:, None], total + 4, axis=1)
@@ -264,10 +267,10 @@ def sample_day(
     date = config.start_date.toordinal() + local_day
     weekend = (date - 1) % 7 >= 5  # date.toordinal(): 0001-01-01 is a Monday
     rate = pop.weekday_rate * (pop.weekend_factor if weekend else 1.0)
-    # People's daily volume is steadier than a Poisson process (a sd of half the Poisson one)
-    # and has a ceiling: nobody's ordinary day is three deviations busier than usual.
-    sd = 0.5 * np.sqrt(rate)
-    counts = np.clip(np.rint(rng.normal(rate, sd)), 0, np.rint(rate + 1.5 * sd)).astype(np.int64)
+    # People's daily volume is steadier than a Poisson process (DAILY_SD times the Poisson sd)
+    # and has a ceiling: an ordinary day is never much busier than usual.
+    sd = DAILY_SD * np.sqrt(rate)
+    counts = np.clip(np.rint(rng.normal(rate, sd)), 0, np.rint(rate + DAILY_CAP * sd)).astype(np.int64)
     user = np.repeat(np.arange(pop.size), counts)
     n = len(user)
     hours = pop.work_start[user] + pop.work_len[user] * rng.beta(1.8, 1.8, n)
