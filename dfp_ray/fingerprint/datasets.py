@@ -152,6 +152,8 @@ def _pick(obj: Any, key: str | None) -> Any:
         return obj[key]
     if isinstance(obj, list | tuple):
         if key is not None:
+            if not key.isdigit() or int(key) >= len(obj):
+                raise FingerprintError(f"the pickle holds a sequence of {len(obj)} items; key must be an index, got {key!r}")
             return obj[int(key)]
         if obj and all(isinstance(item, np.ndarray) for item in obj):
             return obj[0]  # (x, y) pairs: features come first

@@ -307,7 +307,10 @@ def _vet_pt2(path: Path) -> None:
             ):
                 raise UnsafeInputError(f"{path.name}: member {name} declares {info.file_size} bytes; refusing")
             if name.endswith("_config.json") and ("/data/weights/" in name or "/data/constants/" in name):
-                config = json.loads(zf.read(info)).get("config", {})
+                try:
+                    config = json.loads(zf.read(info)).get("config", {})
+                except (ValueError, AttributeError) as exc:
+                    raise FingerprintError(f"{path.name}: {name} is not a valid payload config: {exc}") from exc
                 for fqn, meta in config.items():
                     path_name = str(meta.get("path_name", ""))
                     if meta.get("use_pickle") or path_name.startswith(("custom_obj_", "opaque_obj_")):
