@@ -6,6 +6,8 @@ TORCH_VERSION ?= 2.13.0
 # CPU build by default. For CUDA: make venv TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 export RAY_USAGE_STATS_ENABLED=0
+# torch threads spin-wait by default; on a small shared machine that costs 10-30x (measured).
+export OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: help venv demo test test-fast bench lint clean
 
