@@ -159,7 +159,9 @@ def test_unseen_and_missing_values(trained):
     rows["logcount"] = [np.nan, np.inf, 3.0, 3.0]
     rows["result"] = [np.nan, "true", 0, 1]
     rows = rows.astype({"result": object})
+    before = rows.copy()
     result = model.score(rows)
+    pd.testing.assert_frame_equal(rows, before)  # the caller's frame is not modified
     assert np.isfinite(result.drop(columns=[c for c in result.columns if c.endswith("_pred")])).all().all()
     assert set(result["os_pred"]) <= {"windows", "linux", "macos"}  # "other" is never predicted
     # NaN/inf numerics are replaced by the training mean before scaling

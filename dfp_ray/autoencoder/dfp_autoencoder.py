@@ -144,8 +144,8 @@ class DFPAutoencoder:
         n_rows = len(df)
         if n_rows < 2:
             raise ValueError(
-                f"fit() needs at least 2 rows (one to train on, and the model's statistics need more); "
-                f"got {n_rows}"
+                f"fit() needs at least 2 rows to train a model, got {n_rows}; score users with fewer "
+                f"events with a model trained on more rows (e.g. the generic one)"
             )
         p = self.params
         started = time.perf_counter()

@@ -83,9 +83,8 @@ def _numeric_values(series: pd.Series, column: str) -> np.ndarray:
             f"numeric feature column {column!r} has non-numeric values (e.g. {example!r}); "
             f"convert it to numbers or declare it as categorical"
         ) from exc
-    values = values.copy() if not values.flags.writeable else values
-    values[~np.isfinite(values)] = np.nan
-    return values
+    # a new array: to_numpy may return a view of the caller's frame, which must not change
+    return np.where(np.isfinite(values), values, np.nan)
 
 
 def binary_values(series: pd.Series) -> np.ndarray:
