@@ -258,6 +258,19 @@ def test_config_rejects_bad_options_with_reasons():
     assert DatagenConfig(out="x").n_attacked == 5 and DatagenConfig(out="x", users=1000).n_attacked == 250
 
 
+def test_attacked_users_are_distinct_and_kinds_come_round_robin():
+    from dfp_ray.datagen.anomalies import plan_victims
+    from dfp_ray.datagen.users import build_population
+
+    config = DatagenConfig(out="x", users=40, anomaly_users=20, seed=9)
+    plan = plan_victims(config, build_population(config), stream=1)
+    users = [u for u, _, _ in plan]
+    assert users[0] == 0 and len(set(users)) == 20  # attacktarget first, nobody twice
+    assert pd.Series([k for _, k, _ in plan]).value_counts().to_dict() == dict.fromkeys(ANOMALY_KINDS, 4)
+    assert plan[0][1] == "new_location"
+    assert all(config.train_days <= d < config.total_days for _, _, d in plan)
+
+
 def test_cli_writes_then_refuses_to_mix_with_an_older_run(tmp_path, capsys):
     out = tmp_path / "cli"
     args = [

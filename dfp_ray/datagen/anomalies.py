@@ -150,9 +150,9 @@ def plan_victims(config: DatagenConfig, pop: Population, stream: int) -> list[tu
     others = rng.permutation(np.arange(1, pop.size))[: n - 1].tolist()
     victims = [0, *others]
     kinds = list(config.anomaly_kinds)
-    first = "new_location" if "new_location" in kinds else kinds[0]
-    rest = [k for k in kinds if k != first] or kinds
-    order = [first] + [rest[i % len(rest)] for i in range(n - 1)]
+    # Round-robin over the kinds, starting with new_location (Morpheus's attacktarget story).
+    first = kinds.index("new_location") if "new_location" in kinds else 0
+    order = [kinds[(first + i) % len(kinds)] for i in range(n)]
     days = rng.integers(config.train_days, config.total_days, n).tolist()
     return [(int(v), k, int(d)) for v, k, d in zip(victims, order, days, strict=True)]
 
