@@ -415,3 +415,35 @@ def test_column_without_known_categories_predicts_other():
     model.fit(make_frame(50))
     assert model.encoder.vocabularies["os"] == []
     assert set(model.score(make_frame(5))["os_pred"]) == {OTHER_LABEL}
+
+
+def test_onednn_linear_layers_match_torch_default():
+    """The oneDNN fp32 path (forward and all gradients) agrees with F.linear up to fp32 rounding."""
+    from dfp_ray.autoencoder import kernels
+    from dfp_ray.autoencoder.model import DFPNetwork
+
+    if not kernels.onednn_available():
+        pytest.skip("this torch build has no oneDNN linear operator")
+    torch.manual_seed(0)
+    net = DFPNetwork(2, 1, [5, 4], [3, 2], [32, 16], [24], "relu")
+    codes = torch.stack([torch.randint(0, 5, (50,)), torch.randint(0, 4, (50,))], dim=1)
+    dense = torch.randn(50, 3)
+    results = []
+    for onednn in (False, True):
+        net.use_onednn = onednn
+        net.zero_grad()
+        losses = net.feature_losses(net(codes, dense), codes, dense)
+        losses.mean(dim=0).sum().backward()
+        results.append((losses.detach(), {k: p.grad.clone() for k, p in net.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+    df = make_frame(200)
+    fitted = {
+        choice: DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(**SMALL, epochs=2, cpu_matmul=choice)).fit(
+            df
+        )
+        for choice in ("aten", "onednn")
+    }
+    assert fitted["aten"].train_loss == pytest.approx(fitted["onednn"].train_loss, rel=1e-4)

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from . import io as model_io
+from . import kernels
 from .encoding import EncodedFrame, FeatureEncoder, embedding_dim
 from .model import DFPNetwork
 from .params import AutoencoderParams
@@ -124,6 +125,20 @@ class DFPAutoencoder:
             dropout=p.dropout,
         )
 
+    def _use_onednn(self, device: torch.device) -> bool:
+        """Whether fp32 CPU linear layers run on oneDNN (see kernels.py and ``cpu_matmul``)."""
+        choice = self.params.cpu_matmul
+        if device.type != "cpu" or choice == "aten":
+            return False
+        if not kernels.onednn_available():
+            if choice == "onednn":
+                raise RuntimeError(
+                    "cpu_matmul='onednn' but this torch build has no working oneDNN linear operator "
+                    f"(torch {torch.__version__}); use cpu_matmul 'auto' or 'aten'"
+                )
+            return False
+        return True
+
     def _set_stats(self, stats: LossStatistics) -> None:
         self._stats = stats
         self.loss_stats = {
@@ -166,6 +181,7 @@ class DFPAutoencoder:
             train = encoder.transform(train_df).to(device)
             val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
             network = self._build_network(encoder).to(device)
+            network.use_onednn = self._use_onednn(device)
             generator = torch.Generator(device=device)
             if p.seed is not None:
                 generator.manual_seed(p.seed)
@@ -236,6 +252,7 @@ class DFPAutoencoder:
             )
         network.load_state_dict(model_io.read_weights(path), strict=True, assign=True)
         resolved = resolve_device(device)
+        network.use_onednn = model._use_onednn(resolved)
         model.encoder, model.network, model.device = encoder, network.to(resolved).eval(), resolved
         order = model.feature_columns
         stats = metadata["loss_stats"]

@@ -16,31 +16,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "selu": nn.SELU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
+from . import kernels
+
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "selu": F.selu,
+    "elu": F.elu,
+    "gelu": F.gelu,
 }
 
 
-_INPLACE = {"relu", "leaky_relu", "selu", "elu"}
-
-
-def _stack(in_dim: int, widths: list[int], activation: str, dropout: float | None) -> nn.Sequential:
-    layers: list[nn.Module] = []
+def _layers(in_dim: int, widths: list[int]) -> nn.ModuleList:
+    layers = []
     for width in widths:
         layers.append(nn.Linear(in_dim, width))
-        layers.append(
-            _ACTIVATIONS[activation](inplace=True) if activation in _INPLACE else _ACTIVATIONS[activation]()
-        )
-        if dropout:
-            layers.append(nn.Dropout(dropout))
         in_dim = width
-    return nn.Sequential(*layers)
+    return nn.ModuleList(layers)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 class DFPNetwork(nn.Module):
@@ -71,16 +72,18 @@ class DFPNetwork(nn.Module):
             nn.Embedding(n, d) for n, d in zip(cardinalities, embedding_dims, strict=True)
         )
         in_dim = n_numeric + n_binary + sum(embedding_dims)
-        self.encoder = _stack(in_dim, encoder_layers, activation, dropout)
-        width = encoder_layers[-1]
-        self.decoder = _stack(width, decoder_layers, activation, dropout)
-        if decoder_layers:
-            width = decoder_layers[-1]
+        self.encoder = _layers(in_dim, encoder_layers)
+        self.decoder = _layers(encoder_layers[-1], decoder_layers)
+        width = (decoder_layers or encoder_layers)[-1]
         self.head = nn.Linear(width, n_numeric + n_binary + sum(cardinalities))
+        self.activation = activation
+        self.dropout = dropout or 0.0
         offsets = [0]
         for n in cardinalities:
             offsets.append(offsets[-1] + n)
         self.offsets = offsets
+        # Set by the owner: run fp32 CPU linear layers on oneDNN (see kernels.py). Not saved.
+        self.use_onednn = False
 
     @property
     def n_features(self) -> int:
@@ -92,7 +95,16 @@ class DFPNetwork(nn.Module):
         parts = [dense] if dense.shape[1] else []
         parts.extend(emb(codes[:, j]) for j, emb in enumerate(self.embeddings))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        out = self.head(self.decoder(self.encoder(x)))
+        onednn = self.use_onednn and x.device.type == "cpu" and not _autocast_on("cpu")
+        fused_relu = self.activation == "relu"
+        act = _ACTIVATIONS[self.activation]
+        for layer in (*self.encoder, *self.decoder):
+            x = kernels.linear(x, layer, relu=fused_relu, onednn=onednn)
+            if not fused_relu:
+                x = act(x)
+            if self.dropout:
+                x = F.dropout(x, self.dropout, self.training)
+        out = kernels.linear(x, self.head, onednn=onednn)
         # one split (one backward concat) rather than slices (a zero-filled gradient per slice)
         numeric, binary, logits = out.split([self.n_numeric, self.n_binary, self.offsets[-1]], dim=1)
         return numeric, binary, logits

@@ -137,6 +137,13 @@ class AutoencoderParams(BaseModel):
         "torch's setting alone (Ray sets it per actor from num_cpus); set it when several models "
         "train in one process or machine to avoid oversubscribing cores.",
     )
+    cpu_matmul: Literal["auto", "onednn", "aten"] = Field(
+        "auto",
+        description="Kernels for fp32 linear layers on CPU. 'onednn': oneDNN (JIT-compiled for the CPU; "
+        "about 2x torch's default MKL path on AMD processors); 'aten': torch's default (MKL); 'auto': "
+        "oneDNN when this torch build has it and it passes a start-up check, else 'aten'. Same fp32 "
+        "arithmetic either way (results differ only in summation order).",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="Matrix-product precision. 'fp32' (default) is exact and portable. 'bf16' runs the "
