@@ -27,7 +27,7 @@ def ray_session():
 
 @pytest.mark.parametrize("source", ["duo", "azure"])
 def test_default_data_meets_the_quality_bar(ray_session, tmp_path, source):
-    generate(DatagenConfig(out=str(tmp_path / "data"), sources=[source]))  # defaults: 20 users, 29 + 2 days
+    generate(DatagenConfig(out=str(tmp_path / "data"), sources=[source]), progress=False)  # 20 users, 29 + 2 days
     cfg = load_config(None, {"source": source, "state_dir": str(tmp_path / "state"),
                              "output.directory": str(tmp_path / "out"), "output.write_all_scores": True,
                              "ray.message_timeout_s": 600})
