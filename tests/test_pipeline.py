@@ -205,3 +205,30 @@ def test_inference_without_any_model_reports_users_and_keeps_going(ray_session, 
     assert "no model registered for user" in summary.messages_detail[0]["errors"][0]
     assert summary.messages_detail[0]["errors"][0].startswith("NoModelError")
     assert "users without a model" in summary.table()
+
+
+def test_loaded_batches_are_cached_and_a_changed_file_is_reread(ray_session, data, tmp_path):
+    import shutil
+
+    local = tmp_path / "data"
+    shutil.copytree(data / "duo" / "inference", local)
+    message = tmp_path / "m.json"
+    message.write_text(json.dumps({"inputs": [{
+        "tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": [str(local / "*.json")]}},
+                  {"type": "training", "properties": {}}],
+        "metadata": {"data_type": "payload"},
+    }]}))
+    cfg = make_cfg(tmp_path, train_users="generic")
+    pipe = Pipeline(cfg)
+    first = run(cfg, [str(message)], pipeline=pipe, progress=False).messages_detail[0]
+    second = run(cfg, [str(message)], pipeline=pipe, progress=False).messages_detail[0]
+    victim = sorted(local.glob("*.json"))[0]
+    records = json.loads(victim.read_text())
+    victim.write_text(json.dumps(records[:1]))  # a changed file (size and mtime) must be re-read
+    third = run(cfg, [str(message)], pipeline=pipe, progress=False).messages_detail[0]
+    pipe.shutdown()
+    assert first["files_from_cache"] == 0
+    assert second["files_from_cache"] == second["files"] == first["files"]
+    assert second["rows"] == first["rows"]
+    assert third["files_from_cache"] == 0
+    assert third["rows"] == first["rows"] - (len(records) - 1)

@@ -81,7 +81,7 @@ class RouterActor:
         start = time.perf_counter()
         result: dict[str, Any] = {
             "message_id": msg.message_id, "kind": msg.kind, "data_type": msg.metadata.data_type,
-            "files": 0, "rows": 0, "trained": [], "skipped_users": [], "inferred": [],
+            "files": 0, "files_from_cache": 0, "rows": 0, "trained": [], "skipped_users": [], "inferred": [],
             "scored": 0, "detections": 0, "rejection": None, "errors": [],
         }
         try:
@@ -112,6 +112,7 @@ class RouterActor:
                 )
             frame = filter_users(loaded.frame, self.schema.user_column, self.cfg.only_users, self.cfg.skip_users)
             result["files"] += len(batch.files)
+            result["files_from_cache"] += loaded.files_from_cache
             result["rows"] += len(frame)
             self.progress_state.update(add_files_loaded=len(batch.files), add_rows_loaded=len(frame))
             if frame.empty:
