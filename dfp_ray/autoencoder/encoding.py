@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-MISSING_CATEGORY = "nan"
+from dfp_ray.schema import MISSING_CATEGORY  # one literal for "missing" across mapping and model
+
 OTHER_LABEL = "_other"
 _TRUE_STRINGS = ["true", "t", "yes", "y", "1", "1.0"]
 
