@@ -33,23 +33,26 @@ def main() -> None:
     ap.add_argument("--repeat-infer", type=int, default=3, help="inference repetitions (best is reported)")
     args = ap.parse_args()
 
+    import ray
+
     from dfp_ray.config import load_config
     from dfp_ray.datagen import DatagenConfig, generate
     from dfp_ray.runner import Pipeline, init_ray, run
 
-    t0 = time.perf_counter()
-    init_ray(None)
-    print(f"Ray start: {time.perf_counter() - t0:.1f} s (excluded below)")
     rows = []
     for size in args.sizes.split(","):
         users, days = (int(x) for x in size.lower().split("x"))
         work = Path(tempfile.mkdtemp(prefix="dfp_bench_"))
+        # A fresh Ray session per size, so one size's leftovers never slow the next.
+        t0 = time.perf_counter()
+        init_ray(None)
+        print(f"Ray start: {time.perf_counter() - t0:.1f} s (excluded)", flush=True)
         try:
             kw = {"out": str(work / "data"), "sources": [args.source], "users": users,
                   "train_days": days - 2, "infer_days": 2, "seed": 11}
             if args.events_per_user_per_day:
                 kw["events_per_user_per_day"] = args.events_per_user_per_day
-            generate(DatagenConfig(**kw))
+            generate(DatagenConfig(**kw), progress=False)
             cfg = load_config(None, {"source": args.source, "state_dir": str(work / "state"),
                                      "output.directory": str(work / "out"), "cache_loaded_files": False})
             pipe = Pipeline(cfg)
@@ -70,6 +73,7 @@ def main() -> None:
             })
             print(json.dumps(rows[-1]), flush=True)
         finally:
+            ray.shutdown()
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'users':>6} {'days':>5} {'train rows':>10} {'models':>7} {'train s':>8} "

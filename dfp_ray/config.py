@@ -75,7 +75,10 @@ class RayConfig(_Strict):
         1, ge=1, description="Calls a user actor runs at once (threads): >1 lets the MLflow registration "
         "of one user overlap the training of the next, at the price of sharing the actor's CPUs.",
     )
-    max_models_cached: int = Field(256, ge=1, description="Loaded models kept per user actor (LRU).")
+    max_models_cached: int = Field(
+        1024, ge=1, description="Loaded models kept per user actor (LRU, ~2.5 MB each with the default "
+        "layers). Keep it above the users an actor owns, or inference reloads models from the registry.",
+    )
     max_in_flight: int = Field(
         0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."
     )

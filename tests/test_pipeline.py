@@ -118,8 +118,13 @@ def test_inference_falls_back_to_generic_model(ray_session, data, tmp_path):
 def test_bad_messages_go_to_dead_letters_and_the_rest_runs(ray_session, data, tmp_path):
     msgs = data / "control_messages"
     good = json.loads((msgs / "duo_payload_training.json").read_text())["inputs"]
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "DUO_2022-08-01T00_00_00.000Z.json").write_text('[{"timestamp": 1, "user": ')  # truncated upload
     bad_file = tmp_path / "mixed.json"
     bad_file.write_text(json.dumps({"inputs": [
+        {"tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": [str(corrupt / "*.json")]}},
+                   {"type": "training", "properties": {}}], "metadata": {"data_type": "payload"}},
         {"tasks": [{"type": "load", "properties": {"loader_id": "fsspec", "files": [str(tmp_path / "nope/*.json")]}},
                    {"type": "training", "properties": {}}], "metadata": {"data_type": "payload"}},
         {"tasks": [{"type": "trainig", "properties": {}}], "metadata": {"data_type": "payload"}},
@@ -133,9 +138,10 @@ def test_bad_messages_go_to_dead_letters_and_the_rest_runs(ray_session, data, tm
     rc = cli_main(args)
     assert rc == 1  # rejected messages make the exit code non-zero ...
     dead = [json.loads(line) for line in (state / "dead_letters_duo.jsonl").read_text().splitlines()]
-    assert len(dead) == 2
+    assert len(dead) == 3
     reasons = " | ".join(d["reason"] for d in dead)
     assert "no files matched" in reasons and "trainig" in reasons
+    assert "unreadable file(s)" in reasons and "DUO_2022-08-01T00_00_00.000Z.json" in reasons
     assert all(d["message_id"].startswith("mixed.json") for d in dead)
     # ... but the good message still trained its models.
     cfg = make_cfg(tmp_path)
