@@ -9,7 +9,6 @@ durable in the same sense (a returned write is stored) at the price of rewriting
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from pathlib import Path
@@ -86,15 +85,3 @@ class TableWriter:
     def _flush_remote(self) -> None:
         with fsspec.open(self.url, "w", **self.storage_options) as fh:
             fh.write("".join(self._buffer))
-
-
-def read_table(url: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """Read back a file written by :class:`TableWriter` (used by reports and tests)."""
-    opts = storage_options or {}
-    with fsspec.open(url, "r", **opts) as fh:
-        text = fh.read()
-    if not text.strip():
-        return pd.DataFrame()
-    if url.endswith(".csv"):
-        return pd.read_csv(io.StringIO(text))
-    return pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])

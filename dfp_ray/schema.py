@@ -185,13 +185,15 @@ class SkipReport(BaseModel):
 
 
 def _flatten(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Dicts, or a frame that still holds nested dicts, -> dotted columns (the loader's rule)."""
+    from dfp_ray.loading import flatten_records
+
     if isinstance(records, pd.DataFrame):
         obj_cols = [c for c in records.columns if records[c].dtype == object]
-        nested = [c for c in obj_cols if records[c].map(lambda v: isinstance(v, dict)).any()]
-        if not nested:
+        if not any(records[c].map(lambda v: isinstance(v, dict)).any() for c in obj_cols):
             return records
-        return pd.json_normalize(records.to_dict(orient="records"), sep=".")
-    return pd.json_normalize(records, sep=".")
+        records = records.to_dict(orient="records")
+    return flatten_records(list(records))
 
 
 def _column(raw: pd.DataFrame, path: str, name: str) -> pd.Series:
