@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import ray
 
-from dfp_ray.config import DFPConfig
+from dfp_ray.config import GENERIC_USER, DFPConfig
 from dfp_ray.files import FileSelectionError, plan_batches
 from dfp_ray.loading import SOURCE_FILE_COLUMN, FrameCache, LoadResult, load_files
 from dfp_ray.messages import ControlMessage, Rejection
@@ -157,13 +157,25 @@ class RouterActor:
         user_col = self.schema.user_column
         work = list(split_by_user(frame, user_col, train_users=self.cfg.train_users, for_training=True))
         self.progress_state.update(stage="training", add_users_total=len(work))
+        owners = {user: self.owner_of(user) for user, _ in work}
+        if data_type == "payload" and GENERIC_USER in owners:
+            # In payload mode the generic model holds no state (no rolling window), so it may
+            # train anywhere: put the long pole on the actor with the fewest rows of its own.
+            load = [0] * len(self.actors)
+            for user, uframe in work:
+                if user != GENERIC_USER:
+                    load[owners[user]] += len(uframe)
+            owners[GENERIC_USER] = load.index(min(load))
         pending: list = []
         # Largest frames first: the generic model is the long pole, start it early.
         for user, uframe in sorted(work, key=lambda w: -len(w[1])):
-            actor = self.actors[self.owner_of(user)]
-            pending.append(actor.train.remote(user, uframe, data_type))
+            pending.append(self.actors[owners[user]].train.remote(user, uframe, data_type))
             pending = self._drain(pending, result, limit=self.max_in_flight)
         self._drain(pending, result, limit=0)
+        if GENERIC_USER in owners:
+            # Every actor may fall back to the generic model: drop any cached "not found" or
+            # older version now rather than after mlflow.refresh_seconds.
+            ray.get([a.invalidate.remote(GENERIC_USER) for a in self.actors])
 
     def _drain(self, pending: list, result: dict[str, Any], limit: int) -> list:
         while len(pending) > limit:

@@ -47,6 +47,10 @@ class UserActor:
                            "worker": self.index, "error": f"{type(exc).__name__}: {exc}"} for u, n in users.items()]
         return scored, [r.model_dump() for r in results]
 
+    def invalidate(self, user: str) -> None:
+        """Forget the cached model (or cached absence) of ``user``; the next use asks MLflow."""
+        self.worker.cache.invalidate(self.worker.cfg.source, user)
+
     def warm_up(self) -> float:
         return self.worker.warm_up()
 
