@@ -30,12 +30,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="20x31,100x31,1000x31", help="users x days, comma-separated")
     ap.add_argument("--source", default="duo", choices=["duo", "azure"])
     ap.add_argument("--events-per-user-per-day", type=float, default=None)
+    ap.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
+                    help="config override, e.g. --set autoencoder.precision=bf16 (repeatable)")
     ap.add_argument("--repeat-infer", type=int, default=3, help="inference repetitions (best is reported)")
     args = ap.parse_args()
 
     import ray
 
-    from dfp_ray.config import load_config
+    from dfp_ray.config import load_config, overrides_from_strings
     from dfp_ray.datagen import DatagenConfig, generate
     from dfp_ray.runner import Pipeline, init_ray, run
 
@@ -54,7 +56,8 @@ def main() -> None:
                 kw["events_per_user_per_day"] = args.events_per_user_per_day
             generate(DatagenConfig(**kw), progress=False)
             cfg = load_config(None, {"source": args.source, "state_dir": str(work / "state"),
-                                     "output.directory": str(work / "out"), "cache_loaded_files": False})
+                                     "output.directory": str(work / "out"), "cache_loaded_files": False,
+                                     **overrides_from_strings(args.overrides)})
             pipe = Pipeline(cfg)
             msgs = work / "data" / "control_messages"
             train = run(cfg, [str(msgs / f"{args.source}_payload_training.json")], pipeline=pipe, progress=False)
