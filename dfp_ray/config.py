@@ -82,6 +82,13 @@ class RayConfig(_Strict):
     max_in_flight: int = Field(
         0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."
     )
+    load_parallelism: int | None = Field(
+        None, ge=1, description="Loading: a batch's files are read and mapped in up to this many chunks at "
+        "once, on the (then idle) user actors. None = pool size; 1 = the router reads every file itself.",
+    )
+    load_chunk_files: int = Field(
+        8, ge=1, description="Loading: fewest files per parallel chunk (smaller batches load in one piece).",
+    )
     users_per_call: int = Field(
         512, ge=1, description="Inference: users sent to a user actor in one call (one frame)."
     )

@@ -213,6 +213,10 @@ def _is_scalar_ok(values: pd.Series) -> pd.Series:
 
 
 def _to_string(values: pd.Series) -> pd.Series:
+    """Text with None for missing and empty values (object dtype)."""
+    if isinstance(values.dtype, pd.StringDtype):  # already text (pandas 3's default): no per-value str()
+        keep = values.notna().to_numpy(dtype=bool) & (values != "").fillna(False).to_numpy(dtype=bool)
+        return values.astype(object).where(keep, None)
     out = values.astype(object).where(values.notna(), None)
     mask = out.notna()
     out[mask] = out[mask].astype(str)

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from dfp_ray.batch_scoring import score_groups
 from dfp_ray.config import GENERIC_USER, DFPConfig
-from dfp_ray.detections import add_postprocessing
 from dfp_ray.rolling_window import RollingWindow
 from dfp_ray.schema import SourceSchema, prepare_features
 
@@ -176,31 +176,27 @@ class UserWorker:
         start = time.perf_counter()
         s = self.schema
         prepared = prepare_features(frame, s).reset_index(drop=True)
+        available = set(prepared.columns)
         users = prepared[s.user_column].astype(str)
         by_user = users.groupby(users, sort=False).indices
         results: dict[str, InferResult] = {}
-        by_model: dict[str, tuple[object, object, list]] = {}
+        by_model: dict[str, tuple[object, list]] = {}
         for user, idx in by_user.items():
             self.users_seen.add(user)
             try:
                 model, ref = self.model_for(user)
-            except Exception as exc:  # no model, registry down: this user only
+                lacking = [c for c in model.feature_columns if c not in available]
+                if lacking:
+                    raise ValueError(f"model {ref.label} needs feature columns {lacking} that the schema does not produce")
+            except Exception as exc:  # no model, registry down, another feature set: this user only
                 results[user] = InferResult(user=user, rows=len(idx), model_version=None, seconds=0.0,
                                             worker=self.worker_index, error=f"{type(exc).__name__}: {exc}")
                 continue
-            entry = by_model.setdefault(ref.label, (model, ref, []))
-            entry[2].append(idx)
+            by_model.setdefault(ref.label, (model, []))[1].append(idx)
             results[user] = InferResult(user=user, rows=len(idx), model_version=ref.label, seconds=0.0,
                                         worker=self.worker_index)
-        parts = []
-        for label, (model, _ref, idx_list) in by_model.items():
-            rows = prepared.take(np.concatenate(idx_list))
-            scores = model.score(rows)
-            scored = pd.concat([rows.reset_index(drop=True), scores.reset_index(drop=True)], axis=1)
-            parts.append(add_postprocessing(scored, model_version=label))
-        out = pd.concat(parts, ignore_index=True) if parts else prepared.iloc[0:0]
-        if len(out):
-            out = out.sort_values(s.time_column, kind="stable").reset_index(drop=True)
+        groups = [(model, label, np.concatenate(parts)) for label, (model, parts) in by_model.items()]
+        out = score_groups(prepared, s, groups)
         elapsed = time.perf_counter() - start
         for r in results.values():
             r.seconds = elapsed

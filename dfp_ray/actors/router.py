@@ -20,9 +20,9 @@ import ray
 
 from dfp_ray.config import GENERIC_USER, DFPConfig
 from dfp_ray.files import FileSelectionError, plan_batches
-from dfp_ray.loading import SOURCE_FILE_COLUMN, FrameCache, LoadResult, load_files
+from dfp_ray.loading import FrameCache, LoadResult, read_and_map
 from dfp_ray.messages import ControlMessage, Rejection
-from dfp_ray.schema import SourceSchema, map_fields
+from dfp_ray.schema import SourceSchema
 from dfp_ray.users import filter_users, owner_index, split_by_user
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class RouterActor:
             "message_id": msg.message_id, "kind": msg.kind, "data_type": msg.metadata.data_type,
             "files": 0, "files_from_cache": 0, "rows": 0, "trained": [], "skipped_users": [], "inferred": [],
             "scored": 0, "detections": 0, "rejection": None, "errors": [],
+            "stage_seconds": {"load": 0.0, "train": 0.0, "infer": 0.0},
         }
         try:
             self._process(msg, result)
@@ -104,8 +105,11 @@ class RouterActor:
         total_files = sum(len(b.files) for b in batches)
         self.progress_state.update(stage="loading", files_total=total_files, kind=msg.kind)
         file_opts = msg.metadata.file_to_df_options
+        stages = result["stage_seconds"]
         for batch in batches:
+            started = time.perf_counter()
             loaded = self._load_batch(batch.files, file_opts, opts)
+            stages["load"] += time.perf_counter() - started
             if loaded.errors:
                 raise ValueError(
                     "unreadable file(s): " + "; ".join(f"{e.url}: {e.reason}" for e in loaded.errors)
@@ -117,10 +121,13 @@ class RouterActor:
             self.progress_state.update(add_files_loaded=len(batch.files), add_rows_loaded=len(frame))
             if frame.empty:
                 continue
+            started = time.perf_counter()
             if msg.kind == "training":
                 self._train(frame, msg.metadata.data_type, result)
+                stages["train"] += time.perf_counter() - started
             elif msg.kind == "inference":
                 self._infer(frame, result)
+                stages["infer"] += time.perf_counter() - started
 
     def _load_batch(self, files: list, file_opts, storage_options: dict) -> LoadResult:
         """Read a batch's files and map them with the schema, caching the mapped batch.
@@ -141,15 +148,40 @@ class RouterActor:
             if cached is not None:
                 return LoadResult(frame=cached, files_loaded=len(files), files_from_cache=len(files),
                                   errors=[], seconds=time.perf_counter() - start)
-        raw = load_files(files, options=file_opts, storage_options=storage_options)
-        if raw.errors:
-            return raw
-        mapped, report = map_fields(raw.frame, self.schema)
-        mapped = mapped.drop(columns=[SOURCE_FILE_COLUMN], errors="ignore")
+        loaded = self._read_and_map(files, file_opts, storage_options)
+        if loaded.errors:
+            return loaded
         if key is not None:
-            self.cache.put(key, mapped)
-        return LoadResult(frame=mapped, files_loaded=raw.files_loaded, files_from_cache=0, errors=[],
+            self.cache.put(key, loaded.frame)
+        return LoadResult(frame=loaded.frame, files_loaded=loaded.files_loaded, files_from_cache=0, errors=[],
                           seconds=time.perf_counter() - start)
+
+    def _read_and_map(self, files: list, file_opts, storage_options: dict) -> LoadResult:
+        """Parse and map a batch, in contiguous chunks on the user actors when it is large.
+
+        The actors are idle while their next work is being loaded (messages and batches run
+        one after another), and JSON parsing is CPU work that one process cannot spread over
+        cores; chunks keep file order, so the concatenation is the batch in time order.
+        """
+        cfg = self.cfg.ray
+        chunks = min(cfg.load_parallelism or len(self.actors), len(self.actors), len(files) // cfg.load_chunk_files)
+        if chunks < 2:
+            return read_and_map(files, self.schema, options=file_opts, storage_options=storage_options)
+        bounds = [round(i * len(files) / chunks) for i in range(chunks + 1)]
+        refs = [
+            actor.load_chunk.remote(files[lo:hi], file_opts, storage_options)
+            for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:], strict=False)
+        ]
+        try:
+            parts: list[LoadResult] = ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:  # the actor's own exception, not Ray's wrapper
+            raise (getattr(exc, "cause", None) or exc) from None
+        errors = [e for part in parts for e in part.errors]
+        if errors:
+            return LoadResult(frame=pd.DataFrame(), files_loaded=0, files_from_cache=0, errors=errors)
+        frames = [part.frame for part in parts if len(part.frame)]
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else parts[0].frame)
+        return LoadResult(frame=frame, files_loaded=sum(p.files_loaded for p in parts), files_from_cache=0, errors=[])
 
     def _train(self, frame: pd.DataFrame, data_type: str, result: dict[str, Any]) -> None:
         if self.cfg.train_users == "none":
@@ -194,6 +226,7 @@ class RouterActor:
         owner_of_user = {u: self.owner_of(u) for u in unique}  # one crc32 per user, not per row
         owners = users.map(owner_of_user)
         self.progress_state.update(stage="inference", add_users_total=len(unique))
+        first = len(result["inferred"])  # this batch's users start here (streaming: one call per batch)
         in_flight: list[tuple] = []
         writes: list = []
         chunk_users = self.cfg.ray.users_per_call
@@ -209,8 +242,8 @@ class RouterActor:
         while in_flight:
             writes.append(self._collect(in_flight.pop(0), result))
         for w in ray.get([w for w in writes if w is not None]):  # durable before the message is done
-            result["scored"] += w["scored"]
             result["detections"] += w["detections"]
+        result["scored"] += sum(r["rows"] for r in result["inferred"][first:] if not r.get("error"))
 
     def _collect(self, refs: tuple, result: dict[str, Any]):
         frame_ref, summary_ref = refs

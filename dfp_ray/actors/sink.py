@@ -28,15 +28,16 @@ class SinkActor:
         )
 
     def write(self, *frames: pd.DataFrame | None) -> dict:
+        """Write scored rows (or only detections: the filter is applied here either way)."""
         frames = [f for f in frames if f is not None and len(f)]
         if not frames:
-            return {"scored": 0, "detections": 0}
-        scored = pd.concat(frames, ignore_index=True)
+            return {"detections": 0}
+        scored = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         detections = filter_detections(scored, self.cfg.detection)
         self.detections.write(detections)
         if self.scores is not None:
             self.scores.write(scored)
-        return {"scored": len(scored), "detections": len(detections)}
+        return {"detections": len(detections)}
 
     def paths(self) -> dict:
         return {"detections": self.detections.url, "scores": self.scores.url if self.scores else None}

@@ -9,6 +9,8 @@ import pandas as pd
 import ray
 
 from dfp_ray.config import DFPConfig
+from dfp_ray.detections import filter_detections
+from dfp_ray.loading import LoadResult, read_and_map
 from dfp_ray.schema import SourceSchema
 from dfp_ray.user_work import UserWorker
 
@@ -37,7 +39,10 @@ class UserActor:
 
     @ray.method(num_returns=2)
     def infer(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
-        """Score the rows of the users this actor owns; per-user failures are in the results."""
+        """Score the rows of the users this actor owns; per-user failures are in the results.
+
+        Returns the rows the sink needs (all scored rows with ``output.write_all_scores``,
+        else the detections) and one result per user (rows scored, model used, error)."""
         try:
             scored, results = self.worker.infer(frame)
         except Exception as exc:  # e.g. a frame the schema cannot prepare: report every user
@@ -45,7 +50,14 @@ class UserActor:
             users = frame[self.worker.schema.user_column].astype(str).value_counts()
             return None, [{"user": u, "rows": int(n), "model_version": None, "seconds": 0.0,
                            "worker": self.index, "error": f"{type(exc).__name__}: {exc}"} for u, n in users.items()]
+        if not self.worker.cfg.output.write_all_scores:
+            # only detections travel to the sink: ~1% of the rows at the default threshold
+            scored = filter_detections(scored, self.worker.cfg.detection)
         return scored, [r.model_dump() for r in results]
+
+    def load_chunk(self, files: list, file_opts, storage_options: dict) -> LoadResult:
+        """Read and map part of a batch for the router (this actor is idle while it loads)."""
+        return read_and_map(files, self.worker.schema, options=file_opts, storage_options=storage_options)
 
     def invalidate(self, user: str) -> None:
         """Forget the cached model (or cached absence) of ``user``; the next use asks MLflow."""

@@ -8,7 +8,7 @@ See docs/autoencoder.md for the design, defaults, save format and measured figur
 """
 
 from .dfp_autoencoder import DFPAutoencoder, resolve_device
-from .encoding import MISSING_CATEGORY, OTHER_LABEL, embedding_dim
+from .encoding import MISSING_CATEGORY, OTHER_LABEL, FeatureColumns, embedding_dim
 from .params import AutoencoderParams
 from .trainer import TrainingReport
 
@@ -17,6 +17,7 @@ __all__ = [
     "OTHER_LABEL",
     "AutoencoderParams",
     "DFPAutoencoder",
+    "FeatureColumns",
     "TrainingReport",
     "embedding_dim",
     "resolve_device",

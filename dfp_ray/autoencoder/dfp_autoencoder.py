@@ -12,15 +12,16 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from . import io as model_io
 from . import kernels
-from .encoding import EncodedFrame, FeatureEncoder, embedding_dim
+from .encoding import EncodedFrame, FeatureColumns, FeatureEncoder, embedding_dim
 from .model import DFPNetwork
 from .params import AutoencoderParams
-from .scoring import score_frame
+from .scoring import score_encoded, score_frame
 from .trainer import LossStatistics, TrainingReport, loss_statistics, torch_threads, train_network
 
 
@@ -228,6 +229,18 @@ class DFPAutoencoder:
         with torch_threads(p.num_threads):
             return score_frame(
                 self.network, self.encoder, self._stats, df, p.eval_batch_size, self.device, p.precision
+            )
+
+    def score_columns(self, columns: FeatureColumns, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:meth:`score`'s result columns for ``rows`` (positions) of a frame decoded once with
+        :meth:`FeatureColumns.from_frame`; lets one frame be scored by many models cheaply."""
+        self._require_fitted()
+        assert self.network is not None and self.encoder is not None and self._stats is not None
+        p = self.params
+        with torch_threads(p.num_threads):
+            return score_encoded(
+                self.network, self.encoder, self._stats, self.encoder.encode(columns, rows),
+                p.eval_batch_size, self.device, p.precision,
             )
 
     # ------------------------------------------------------------------ persistence

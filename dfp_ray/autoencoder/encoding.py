@@ -101,6 +101,43 @@ def binary_values(series: pd.Series) -> np.ndarray:
 
 
 @dataclass
+class FeatureColumns:
+    """A frame's feature columns decoded once, for any number of models to encode from.
+
+    Categoricals are factorised (int codes into ``uniques``, the distinct values as strings,
+    NaN -> "nan"), numerics are float64 with NaN for missing/inf, binaries are bool. Encoding
+    rows for a model is then a lookup of its vocabulary on the few distinct values plus numpy
+    indexing: a frame holding a thousand users scored by a thousand models is decoded by
+    pandas once, not a thousand times (that per-call pandas work cost ~15 ms per model).
+    """
+
+    rows: int
+    categorical: dict[str, tuple[np.ndarray, np.ndarray]]
+    numeric: dict[str, np.ndarray]
+    binary: dict[str, np.ndarray]
+
+    @classmethod
+    def from_frame(
+        cls, df: pd.DataFrame, categorical: list[str], numeric: list[str], binary: list[str]
+    ) -> FeatureColumns:
+        missing = _missing_columns(df, list(categorical) + list(numeric) + list(binary))
+        if missing:
+            raise ValueError(f"frame lacks feature columns {missing}; it has {list(df.columns)}")
+        cats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for column in categorical:
+            codes, uniques = pd.factorize(df[column], use_na_sentinel=True)
+            labels = [str(v) for v in np.asarray(uniques, dtype=object)] + [MISSING_CATEGORY]
+            codes = np.where(codes < 0, len(labels) - 1, codes).astype(np.int64, copy=False)
+            cats[column] = (codes, np.array(labels, dtype=object))
+        return cls(
+            rows=len(df),
+            categorical=cats,
+            numeric={c: _numeric_values(df[c], c) for c in numeric},
+            binary={c: binary_values(df[c]) for c in binary},
+        )
+
+
+@dataclass
 class FeatureEncoder:
     """Vocabularies and scalers learnt from training rows, and the frame -> tensor transform."""
 
@@ -110,7 +147,7 @@ class FeatureEncoder:
     vocabularies: dict[str, list[str]]
     numeric_mean: dict[str, float]
     numeric_std: dict[str, float]
-    _indexes: dict[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
+    _classes: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -158,33 +195,44 @@ class FeatureEncoder:
         """Classes per categorical column, the "other" class included."""
         return [len(self.vocabularies[c]) + 1 for c in self.categorical]
 
-    def _index(self, column: str) -> pd.Index:
-        index = self._indexes.get(column)
-        if index is None:
-            index = pd.Index(self.vocabularies[column], dtype=object)
-            self._indexes[column] = index
-        return index
+    def _class_of(self, column: str) -> dict[str, int]:
+        """value -> class code of ``column`` (built once per model)."""
+        classes = self._classes.get(column)
+        if classes is None:
+            classes = self._classes[column] = {v: i for i, v in enumerate(self.vocabularies[column])}
+        return classes
 
     # ------------------------------------------------------------------ transform
     def transform(self, df: pd.DataFrame) -> EncodedFrame:
         """Encode ``df`` (extra columns ignored) into CPU tensors; vectorised, no per-row Python."""
-        missing = _missing_columns(df, self.feature_columns)
+        return self.encode(FeatureColumns.from_frame(df, self.categorical, self.numeric, self.binary))
+
+    def encode(self, columns: FeatureColumns, rows: np.ndarray | None = None) -> EncodedFrame:
+        """Encode ``rows`` (positions; all when None) of decoded ``columns`` into CPU tensors."""
+        missing = (
+            [c for c in self.categorical if c not in columns.categorical]
+            + [c for c in self.numeric if c not in columns.numeric]
+            + [c for c in self.binary if c not in columns.binary]
+        )
         if missing:
-            raise ValueError(f"frame lacks feature columns {missing}; it has {list(df.columns)}")
-        n = len(df)
+            raise ValueError(f"frame lacks feature columns {missing}")
+        n = columns.rows if rows is None else len(rows)
         codes = np.empty((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
-            found = self._index(column).get_indexer(_category_strings(df[column]))
-            found[found < 0] = len(self.vocabularies[column])  # unseen -> "other"
-            codes[:, j] = found
+            value_codes, labels = columns.categorical[column]
+            classes = self._class_of(column)
+            other = len(self.vocabularies[column])  # unseen -> "other"
+            # a dict lookup per distinct value (few), then one numpy gather for all rows
+            lookup = np.fromiter((classes.get(v, other) for v in labels), dtype=np.int64, count=len(labels))
+            codes[:, j] = lookup[value_codes if rows is None else value_codes[rows]]
         dense = np.empty((n, len(self.numeric) + len(self.binary)), dtype=np.float32)
         for j, column in enumerate(self.numeric):
-            values = _numeric_values(df[column], column)
+            values = columns.numeric[column] if rows is None else columns.numeric[column][rows]
             mean, std = self.numeric_mean[column], self.numeric_std[column]
             dense[:, j] = (np.where(np.isnan(values), mean, values) - mean) / std
         offset = len(self.numeric)
         for j, column in enumerate(self.binary):
-            dense[:, offset + j] = binary_values(df[column])
+            dense[:, offset + j] = columns.binary[column] if rows is None else columns.binary[column][rows]
         return EncodedFrame(torch.from_numpy(codes), torch.from_numpy(dense))
 
     # ------------------------------------------------------------------ decoding predictions

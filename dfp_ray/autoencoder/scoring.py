@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .encoding import FeatureEncoder
+from .encoding import EncodedFrame, FeatureEncoder
 from .model import DFPNetwork
 from .trainer import LossStatistics, iter_feature_losses
 
@@ -31,7 +31,20 @@ def score_frame(
     device: torch.device,
     precision: str,
 ) -> pd.DataFrame:
-    frame = encoder.transform(df)
+    columns = score_encoded(network, encoder, stats, encoder.transform(df), batch_size, device, precision)
+    return pd.DataFrame(columns, index=df.index, copy=False)
+
+
+def score_encoded(
+    network: DFPNetwork,
+    encoder: FeatureEncoder,
+    stats: LossStatistics,
+    frame: EncodedFrame,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+) -> dict[str, np.ndarray]:
+    """The result columns (name -> array, rows in ``frame`` order) for already encoded rows."""
     n = len(frame)
     n_num, n_bin, n_cat = len(encoder.numeric), len(encoder.binary), len(encoder.categorical)
     losses = np.empty((n, network.n_features), dtype=np.float32)
@@ -76,4 +89,4 @@ def score_frame(
     if network.n_features:
         columns["max_abs_z"] = z.max(axis=1) if n else np.empty(0)
         columns["mean_abs_z"] = z.mean(axis=1) if n else np.empty(0)
-    return pd.DataFrame(columns, index=df.index, copy=False)
+    return columns
