@@ -105,6 +105,33 @@ def test_each_users_rows_went_to_one_actor(trained):
             assert r["worker"] == owner_index(r["user"], 2)
 
 
+def test_parallel_loading_and_detections_only_output_match_the_reference_run(trained, data, tmp_path):
+    """Files parsed on the actors in chunks, or by the router alone, score the same rows; without
+    --write-all-scores only detections travel to the sink and they are the same detections."""
+    cfg, _, reference = trained
+    msgs = data / "control_messages"
+    ref_scores = pd.read_csv(reference.scores_path, dtype={"event_id": str}).drop(columns="event_time")
+    variants = ({"ray.load_parallelism": 1}, {"ray.load_chunk_files": 1, "output.write_all_scores": False})
+    for i, extra in enumerate(variants):
+        again = make_cfg(tmp_path, state_dir=cfg.state_dir, **{"output.directory": str(tmp_path / f"out{i}"), **extra})
+        summary = run(again, [str(msgs / "duo_payload_inference.json")], progress=False)
+        assert summary.ok and summary.rows_scored == reference.rows_scored
+        assert summary.messages_detail[0]["stage_seconds"]["load"] > 0
+        detections = pd.read_csv(summary.detections_path, dtype={"event_id": str}).drop(columns="event_time")
+        expected = ref_scores[ref_scores["mean_abs_z"] > 2.0]
+        assert summary.detections == len(expected) == len(detections)
+        pd.testing.assert_frame_equal(
+            detections.sort_values("event_id").reset_index(drop=True),
+            expected.sort_values("event_id").reset_index(drop=True),
+        )
+        if again.output.write_all_scores:
+            scores = pd.read_csv(summary.scores_path, dtype={"event_id": str}).drop(columns="event_time")
+            pd.testing.assert_frame_equal(scores.sort_values("event_id").reset_index(drop=True),
+                                          ref_scores.sort_values("event_id").reset_index(drop=True))
+        else:
+            assert summary.scores_path is None
+
+
 def test_inference_falls_back_to_generic_model(ray_session, data, tmp_path):
     cfg = make_cfg(tmp_path, train_users="generic")
     pipe = Pipeline(cfg)
