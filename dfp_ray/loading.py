@@ -475,6 +475,14 @@ class FrameCache:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
+    def batch_key(self, refs: list[FileRef], options: FileToDfOptions | None, transform_id: str) -> str | None:
+        """One key for a batch (or chunk) of files mapped together; None when it must not be
+        cached (cache disabled, or a file whose version is unknown)."""
+        if not self.enabled or not refs or not all(self.cacheable(r) for r in refs):
+            return None
+        parts = "".join(self.key(r, options, transform_id) for r in refs)
+        return hashlib.sha256(parts.encode()).hexdigest()
+
     def path_for(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.parquet"
 
@@ -711,23 +719,36 @@ def read_and_map(
     *,
     options: FileToDfOptions | None = None,
     storage_options: dict | None = None,
+    cache: FrameCache | None = None,
+    cache_key: str | None = None,
 ) -> LoadResult:
-    """Read files and map them with the source ``schema`` in one pass (no cache).
+    """Read files and map them with the source ``schema`` in one pass, through ``cache``.
 
     The schema is applied once to all the files' rows, not per file: per-file mapping of
     hundreds of small files costs seconds of fixed pandas overhead. Mapping is row-local, so
     a batch may be read in chunks (on several processes) and the mapped chunks concatenated.
-    On any unreadable file the result holds the errors and no frame.
+    With ``cache`` and a ``cache_key`` (:meth:`FrameCache.batch_key`) the mapped frame is
+    served from, or stored in, the cache. On any unreadable file the result holds the errors
+    and no frame.
     """
     from dfp_ray.schema import map_fields
 
     started = time.perf_counter()
+    if cache is not None and cache_key is not None:
+        cached = cache.get(cache_key)
+        if cached is not None:
+            return LoadResult(frame=cached, files_loaded=len(refs), files_from_cache=len(refs), errors=[],
+                              seconds=time.perf_counter() - started)
     raw = load_files(refs, options=options, storage_options=storage_options)
     if raw.errors:
         return raw
     mapped, _ = map_fields(raw.frame, schema)
-    return LoadResult(
-        frame=mapped.drop(columns=[SOURCE_FILE_COLUMN], errors="ignore"), files_loaded=raw.files_loaded,
-        files_from_cache=0, errors=[], seconds=time.perf_counter() - started,
-    )
+    mapped = mapped.drop(columns=[SOURCE_FILE_COLUMN], errors="ignore")
+    if cache is not None and cache_key is not None:
+        try:
+            cache.put(cache_key, mapped)
+        except Exception as exc:  # noqa: BLE001 - caching is an optimisation, never a failure
+            logger.warning("could not cache a batch of %d files: %s", len(refs), exc)
+    return LoadResult(frame=mapped, files_loaded=raw.files_loaded, files_from_cache=0, errors=[],
+                      seconds=time.perf_counter() - started)
 

@@ -238,7 +238,10 @@ def _to_datetime(values: pd.Series, fmt: str) -> pd.Series:
 
 
 def _to_bool(values: pd.Series, spec: FieldSpec) -> pd.Series:
-    keys = values.astype(object).map(lambda v: v.lower() if isinstance(v, str) else v)
+    if isinstance(values.dtype, pd.StringDtype):  # text: vectorised lower-casing
+        keys = values.str.lower().astype(object).where(values.notna(), None)
+    else:
+        keys = values.astype(object).map(lambda v: v.lower() if isinstance(v, str) else v)
     true = {v.lower() if isinstance(v, str) else v for v in spec.true_values}
     false = {v.lower() if isinstance(v, str) else v for v in spec.false_values}
     is_true = keys.isin(true)
@@ -253,11 +256,14 @@ def _to_bool(values: pd.Series, spec: FieldSpec) -> pd.Series:
 def map_fields(raw: pd.DataFrame, schema: SourceSchema) -> tuple[pd.DataFrame, SkipReport]:
     """Map flattened raw records to the schema's columns; drop (and count) malformed records."""
     out: dict[str, pd.Series] = {}
-    bad = pd.Series("", index=raw.index, dtype=object)
+    bad = np.full(len(raw), "", dtype=object)  # the first reason a record is malformed
+    flagged = np.zeros(len(raw), dtype=bool)
 
     def flag(mask: pd.Series, reason: str) -> None:
-        new = mask & (bad == "")
-        bad[new] = reason
+        new = np.asarray(mask, dtype=bool) & ~flagged
+        if new.any():
+            bad[new] = reason
+            flagged[new] = True
 
     for spec in schema.fields:
         if spec.join is not None:
@@ -292,12 +298,13 @@ def map_fields(raw: pd.DataFrame, schema: SourceSchema) -> tuple[pd.DataFrame, S
     frame = pd.DataFrame(out, index=raw.index)
     if "_source_file" in raw.columns:
         frame["_source_file"] = raw["_source_file"]
-    keep = bad == ""
-    skipped = dict(Counter(bad[~keep]))
+    keep = ~flagged
+    skipped = dict(Counter(bad[flagged].tolist()))
     report = SkipReport(total=len(raw), kept=int(keep.sum()), skipped=skipped)
     if skipped:
         log.warning("schema %s: %s", schema.name, report.describe())
-    return frame[keep].reset_index(drop=True), report
+        frame = frame[keep]
+    return frame.reset_index(drop=True), report
 
 
 def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:

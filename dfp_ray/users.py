@@ -41,3 +41,12 @@ def owner_index(user: str, pool_size: int) -> int:
     router, the driver and restarted actors must all agree.
     """
     return zlib.crc32(user.encode("utf-8")) % pool_size
+
+
+def split_by_owner(df: pd.DataFrame, user_column: str, pool_size: int) -> list[pd.DataFrame]:
+    """``pool_size`` frames: the rows of the users each actor owns (:func:`owner_index`)."""
+    users = df[user_column].astype(str)
+    owner_of_user = {u: owner_index(u, pool_size) for u in users.unique()}  # one crc32 per user
+    owners = users.map(owner_of_user).to_numpy()
+    return [df[owners == i].reset_index(drop=True) for i in range(pool_size)]
+

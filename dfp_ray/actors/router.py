@@ -9,7 +9,6 @@ written by the sink. The actor is threaded so the driver can poll :meth:`progres
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -108,7 +107,11 @@ class RouterActor:
         stages = result["stage_seconds"]
         for batch in batches:
             started = time.perf_counter()
-            loaded = self._load_batch(batch.files, file_opts, opts)
+            chunks = self._chunks(batch.files)
+            if msg.kind == "inference" and len(chunks) > 1:
+                self._load_and_infer(chunks, file_opts, opts, result)
+                continue
+            loaded = self._load_batch(chunks, file_opts, opts)
             stages["load"] += time.perf_counter() - started
             if loaded.errors:
                 raise ValueError(
@@ -129,59 +132,73 @@ class RouterActor:
                 self._infer(frame, result)
                 stages["infer"] += time.perf_counter() - started
 
-    def _load_batch(self, files: list, file_opts, storage_options: dict) -> LoadResult:
-        """Read a batch's files and map them with the schema, caching the mapped batch.
-
-        The schema is applied once to the concatenated batch, not per file: a per-file
-        mapping of hundreds of small files costs seconds of fixed pandas overhead. The cache
-        holds one mapped frame per batch (as Morpheus caches batches), keyed by every file's
-        identity (url, size, mtime/etag), the parser options and the schema, so a changed
-        file, option or schema never serves a stale frame.
-        """
-        start = time.perf_counter()
-        transform_id = self.schema.fingerprint()
-        key = None
-        if self.cache.enabled and files and all(self.cache.cacheable(f) for f in files):
-            parts = "".join(self.cache.key(f, file_opts, transform_id) for f in files)
-            key = hashlib.sha256(parts.encode()).hexdigest()
-            cached = self.cache.get(key)
-            if cached is not None:
-                return LoadResult(frame=cached, files_loaded=len(files), files_from_cache=len(files),
-                                  errors=[], seconds=time.perf_counter() - start)
-        loaded = self._read_and_map(files, file_opts, storage_options)
-        if loaded.errors:
-            return loaded
-        if key is not None:
-            self.cache.put(key, loaded.frame)
-        return LoadResult(frame=loaded.frame, files_loaded=loaded.files_loaded, files_from_cache=0, errors=[],
-                          seconds=time.perf_counter() - start)
-
-    def _read_and_map(self, files: list, file_opts, storage_options: dict) -> LoadResult:
-        """Parse and map a batch, in contiguous chunks on the user actors when it is large.
+    def _chunks(self, files: list) -> list[list]:
+        """A batch's files in contiguous chunks (file order kept), one per loading actor.
 
         The actors are idle while their next work is being loaded (messages and batches run
         one after another), and JSON parsing is CPU work that one process cannot spread over
-        cores; chunks keep file order, so the concatenation is the batch in time order.
+        cores. Small batches stay in one piece (``ray.load_chunk_files``).
         """
         cfg = self.cfg.ray
-        chunks = min(cfg.load_parallelism or len(self.actors), len(self.actors), len(files) // cfg.load_chunk_files)
-        if chunks < 2:
-            return read_and_map(files, self.schema, options=file_opts, storage_options=storage_options)
-        bounds = [round(i * len(files) / chunks) for i in range(chunks + 1)]
+        n = min(cfg.load_parallelism or len(self.actors), len(self.actors), len(files) // cfg.load_chunk_files)
+        if n < 2:
+            return [files]
+        bounds = [round(i * len(files) / n) for i in range(n + 1)]
+        return [files[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _cache_key(self, files: list, file_opts) -> str | None:
+        """The on-disk cache holds one mapped frame per chunk, keyed by every file's identity
+        (url, size, mtime/etag), the parser options and the schema: a changed file, option or
+        schema never serves a stale frame."""
+        return self.cache.batch_key(files, file_opts, self.schema.fingerprint())
+
+    def _load_batch(self, chunks: list[list], file_opts, storage_options: dict) -> LoadResult:
+        """Read and map a batch (through the cache), its chunks in parallel on the user actors."""
+        if len(chunks) == 1:
+            return read_and_map(chunks[0], self.schema, options=file_opts, storage_options=storage_options,
+                                cache=self.cache, cache_key=self._cache_key(chunks[0], file_opts))
         refs = [
-            actor.load_chunk.remote(files[lo:hi], file_opts, storage_options)
-            for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:], strict=False)
+            actor.load_chunk.remote(chunk, file_opts, storage_options, self._cache_key(chunk, file_opts))
+            for actor, chunk in zip(self.actors, chunks, strict=False)
         ]
-        try:
-            parts: list[LoadResult] = ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:  # the actor's own exception, not Ray's wrapper
-            raise (getattr(exc, "cause", None) or exc) from None
+        parts: list[LoadResult] = _get(refs)
         errors = [e for part in parts for e in part.errors]
         if errors:
             return LoadResult(frame=pd.DataFrame(), files_loaded=0, files_from_cache=0, errors=errors)
         frames = [part.frame for part in parts if len(part.frame)]
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else parts[0].frame)
-        return LoadResult(frame=frame, files_loaded=sum(p.files_loaded for p in parts), files_from_cache=0, errors=[])
+        return LoadResult(frame=frame, files_loaded=sum(p.files_loaded for p in parts),
+                          files_from_cache=sum(p.files_from_cache for p in parts), errors=[])
+
+    def _load_and_infer(self, chunks: list[list], file_opts, storage_options: dict, result: dict[str, Any]) -> None:
+        """Inference on a batch loaded in chunks: every loader splits its rows by owner and each
+        owner scores the parts meant for it, so the rows never pass through the router."""
+        started = time.perf_counter()
+        n = len(self.actors)
+        refs = [
+            actor.load_and_split.options(num_returns=n + 1).remote(
+                chunk, file_opts, storage_options, self._cache_key(chunk, file_opts), n)
+            for actor, chunk in zip(self.actors, chunks, strict=False)
+        ]
+        infos = _get([r[0] for r in refs])
+        errors = [e for info in infos for e in info["errors"]]
+        if errors:
+            raise ValueError("unreadable file(s): " + "; ".join(f"{url}: {reason}" for url, reason in errors))
+        files = sum(info["files"] for info in infos)
+        rows = sum(info["rows"] for info in infos)
+        result["files"] += files
+        result["files_from_cache"] += sum(info["files_from_cache"] for info in infos)
+        result["rows"] += rows
+        self.progress_state.update(add_files_loaded=files, add_rows_loaded=rows, stage="inference")
+        result["stage_seconds"]["load"] += time.perf_counter() - started
+        started = time.perf_counter()
+        first = len(result["inferred"])
+        in_flight = [
+            self.actors[j].infer_parts.remote(*(r[j + 1] for r in refs))
+            for j in range(n) if any(info["rows_per_owner"][j] for info in infos)
+        ]
+        self._finish_inference(in_flight, result, first, users_known=False)
+        result["stage_seconds"]["infer"] += time.perf_counter() - started
 
     def _train(self, frame: pd.DataFrame, data_type: str, result: dict[str, Any]) -> None:
         if self.cfg.train_users == "none":
@@ -239,18 +256,37 @@ class RouterActor:
                 in_flight.append((frame_ref, summary_ref))
                 while len(in_flight) > self.max_in_flight:
                     writes.append(self._collect(in_flight.pop(0), result))
+        self._finish_inference(in_flight, result, first, writes)
+
+    def _finish_inference(self, in_flight: list[tuple], result: dict[str, Any], first: int,
+                          writes: list | None = None, *, users_known: bool = True) -> None:
+        """Collect the actors' results, hand their rows to the sink, wait until written.
+        ``users_known=False``: the users were not counted up front (progress total grows)."""
+        writes = writes if writes is not None else []
         while in_flight:
+            before = len(result["inferred"])
             writes.append(self._collect(in_flight.pop(0), result))
+            if not users_known:
+                self.progress_state.update(add_users_total=len(result["inferred"]) - before)
         for w in ray.get([w for w in writes if w is not None]):  # durable before the message is done
             result["detections"] += w["detections"]
         result["scored"] += sum(r["rows"] for r in result["inferred"][first:] if not r.get("error"))
 
     def _collect(self, refs: tuple, result: dict[str, Any]):
         frame_ref, summary_ref = refs
-        summaries = ray.get(summary_ref)
+        summaries = _get(summary_ref)
         result["inferred"].extend(summaries)
         result["errors"].extend(s["error"] for s in summaries if s.get("error"))
         self.progress_state.update(add_users_done=len(summaries))
         if any(not s.get("error") for s in summaries):
             return self.sink.write.remote(frame_ref)  # the sink resolves the frame from the object store
         return None
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get`` that raises an actor's own exception, not Ray's wrapper around it."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        raise (getattr(exc, "cause", None) or exc) from None
+

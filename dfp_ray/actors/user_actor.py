@@ -10,9 +10,10 @@ import ray
 
 from dfp_ray.config import DFPConfig
 from dfp_ray.detections import filter_detections
-from dfp_ray.loading import LoadResult, read_and_map
+from dfp_ray.loading import FrameCache, LoadResult, read_and_map
 from dfp_ray.schema import SourceSchema
 from dfp_ray.user_work import UserWorker
+from dfp_ray.users import filter_users, split_by_owner
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class UserActor:
         torch.set_num_threads(threads)
         self.index = index
         self.worker = UserWorker(DFPConfig.model_validate(cfg), SourceSchema.model_validate(schema), index)
+        self.file_cache = FrameCache(self.worker.cfg.state_path / "cache", enabled=self.worker.cfg.cache_loaded_files)
 
     def train(self, user: str, frame: pd.DataFrame, data_type: str) -> dict:
         try:
@@ -55,9 +57,35 @@ class UserActor:
             scored = filter_detections(scored, self.worker.cfg.detection)
         return scored, [r.model_dump() for r in results]
 
-    def load_chunk(self, files: list, file_opts, storage_options: dict) -> LoadResult:
+    def load_chunk(self, files: list, file_opts, storage_options: dict, cache_key: str | None) -> LoadResult:
         """Read and map part of a batch for the router (this actor is idle while it loads)."""
-        return read_and_map(files, self.worker.schema, options=file_opts, storage_options=storage_options)
+        return read_and_map(files, self.worker.schema, options=file_opts, storage_options=storage_options,
+                            cache=self.file_cache, cache_key=cache_key)
+
+    def load_and_split(self, files: list, file_opts, storage_options: dict, cache_key: str | None,
+                       pool_size: int) -> tuple:
+        """Inference: read and map part of a batch, then split its rows by owning actor.
+
+        Returns ``(info, part_0, ..., part_{pool_size-1})`` (call with ``num_returns=pool_size
+        + 1``): the router hands each part's reference straight to its owner, so the rows go
+        loader -> owner through the object store without passing through the router."""
+        loaded = self.load_chunk(files, file_opts, storage_options, cache_key)
+        info = {"files": len(files), "files_from_cache": loaded.files_from_cache, "rows": 0,
+                "errors": [tuple(e) for e in loaded.errors], "rows_per_owner": [0] * pool_size}
+        if loaded.errors:
+            return (info, *([None] * pool_size))
+        cfg, s = self.worker.cfg, self.worker.schema
+        frame = filter_users(loaded.frame, s.user_column, cfg.only_users, cfg.skip_users)
+        parts = split_by_owner(frame, s.user_column, pool_size)
+        info.update(rows=len(frame), rows_per_owner=[len(p) for p in parts])
+        return (info, *parts)
+
+    @ray.method(num_returns=2)
+    def infer_parts(self, *frames: pd.DataFrame | None) -> tuple[pd.DataFrame | None, list[dict]]:
+        """:meth:`infer` on the concatenation of the parts several loaders sent this actor."""
+        present = [f for f in frames if f is not None and len(f)]
+        frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
+        return self.infer(frame)
 
     def invalidate(self, user: str) -> None:
         """Forget the cached model (or cached absence) of ``user``; the next use asks MLflow."""
