@@ -566,6 +566,24 @@ class ModelRegistry:
                 raise
         self._known_models.add(name)
 
+    def warm_up(self, model: DFPAutoencoder, schema: SourceSchema) -> None:
+        """Do the first registration's one-time work now: the model signature for this schema
+        (cached per schema and feature lists; ``model`` may be any model with those features)
+        and MLflow's scan of installed packages that checks the pip requirements it is given
+        (1.6 s once per process, otherwise paid by the first user trained), and the store
+        connection (MLflow's SQLAlchemy store imports in ~1.5 s)."""
+        self.client  # noqa: B018 - opens the store
+        key = _signature_key(model, schema)
+        if key not in self._signatures:
+            example = example_raw_frame(schema, user="warm-up", when=datetime(2022, 8, 1))
+            self._signatures[key] = _signature(model, schema, example)
+        try:  # private MLflow helper: if it moves, the first registration just pays the scan
+            from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+            warn_dependency_requirement_mismatches(list(_pip_requirements()))
+        except Exception as exc:  # noqa: BLE001 - an optimisation only
+            log.debug("registry warm-up skipped the requirements scan: %s", exc)
+
     # ---------------------------------------------------------------- register
     def register(
         self,
@@ -628,7 +646,7 @@ class ModelRegistry:
             signature = _signature(model, schema, input_example.head(5).reset_index(drop=True))
         else:
             # the synthesised example's signature depends only on schema + features: reuse it
-            key = (schema.fingerprint(), tuple(model.categorical), tuple(model.numeric), tuple(model.binary))
+            key = _signature_key(model, schema)
             signature = self._signatures.get(key)
             if signature is None:
                 example = example_raw_frame(schema, user=user, when=last)
@@ -820,6 +838,11 @@ def _training_metrics(report: TrainingReport) -> list[tuple[str, float, int]]:
     out += [("epoch_train_loss", v, i) for i, v in enumerate(report.train_loss, start=1)]
     out += [("epoch_val_loss", v, i) for i, v in enumerate(report.val_loss, start=1)]
     return out
+
+
+def _signature_key(model: DFPAutoencoder, schema: SourceSchema) -> tuple:
+    """What a synthesised example's signature depends on: the schema and the feature lists."""
+    return (schema.fingerprint(), tuple(model.categorical), tuple(model.numeric), tuple(model.binary))
 
 
 def _signature(model: DFPAutoencoder, schema: SourceSchema, example: pd.DataFrame) -> Any:

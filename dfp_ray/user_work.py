@@ -30,6 +30,8 @@ class TrainResult(BaseModel):
     trained: bool
     model_version: str | None = None
     seconds: float = 0.0
+    fit_seconds: float = 0.0
+    register_seconds: float = 0.0
     reason: str = ""
     worker: int = -1
     epochs_run: int = 0
@@ -68,7 +70,8 @@ class UserWorker:
     def warm_up(self) -> float:
         """Pay one-time costs at start-up, not on the first user: the first fit imports
         torch's optimizer machinery and the first registration MLflow's model flavours
-        (seconds each). Fits a throw-away model on a few synthetic rows; nothing is registered."""
+        (seconds each). Fits a throw-away model on a few synthetic rows and prepares the
+        registry's one-time work (see :meth:`ModelRegistry.warm_up`); nothing is registered."""
         from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder
 
         start = time.perf_counter()
@@ -87,6 +90,7 @@ class UserWorker:
         model = DFPAutoencoder(s.features.categorical, s.features.numeric, s.features.binary, params)
         model.fit(frame)
         model.score(frame)
+        self.registry.warm_up(model, s)
         return time.perf_counter() - start
 
     # ---- rolling windows (streaming training) -------------------------------------------
@@ -137,6 +141,7 @@ class UserWorker:
             params=self.cfg.autoencoder,
         )
         report = model.fit(prepared)
+        registering = time.perf_counter()
         times = prepared[s.time_column]
         ref = self.registry.register(
             source=self.cfg.source, user=user, model=model, report=report, schema=s,
@@ -146,7 +151,8 @@ class UserWorker:
         self.cache.put(self.cfg.source, user, model, ref)
         return TrainResult(
             user=user, rows=len(prepared), trained=True, model_version=ref.label,
-            seconds=time.perf_counter() - start, worker=self.worker_index,
+            seconds=time.perf_counter() - start, fit_seconds=report.seconds,
+            register_seconds=time.perf_counter() - registering, worker=self.worker_index,
             epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
         )
 

@@ -138,7 +138,7 @@ class DFPAutoencoder:
                     f"(torch {torch.__version__}); use cpu_matmul 'auto' or 'aten'"
                 )
             return False
-        return True
+        return choice == "onednn" or kernels.onednn_is_faster()
 
     def _set_stats(self, stats: LossStatistics) -> None:
         self._stats = stats

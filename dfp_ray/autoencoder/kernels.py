@@ -1,10 +1,12 @@
-"""fp32 linear layers on oneDNN for CPU training and scoring.
+"""fp32 linear layers on oneDNN for CPU training and scoring, where that is faster.
 
-Why: PyTorch's CPU wheels run fp32 ``mm``/``addmm`` through MKL, which on AMD processors
-(this project's machines) takes a code path at about half the chip's AVX-512 rate, while
-oneDNN, also inside every x86 PyTorch build, JIT-compiles kernels for the CPU it finds.
-Measured here (one thread, this network's shapes at batch 512): ~98 GFLOP/s through ``mm``
-vs ~199 GFLOP/s through oneDNN, transposition copies for the backward products included.
+Why: PyTorch's CPU wheels run fp32 ``mm``/``addmm`` through MKL, which on AMD processors with
+AVX-512 takes a code path at about half the chip's rate, while oneDNN, also inside every x86
+PyTorch build, JIT-compiles kernels for the CPU it finds. Measured on an AMD Zen 5 (one
+thread, this network's shapes at batch 512): ~98 GFLOP/s through ``mm`` vs ~199 GFLOP/s
+through oneDNN, transposition copies for the backward products included. On an AMD Zen 3
+(AVX2) it is the other way round (MKL ~75-90, oneDNN ~50-80 GFLOP/s), so :func:`onednn_is_faster`
+measures which path to take.
 
 The arithmetic is ordinary fp32 (no reduced-precision modes): results differ from ``mm``
 only in summation order (~1e-6 relative). ``torch.ops.mkldnn._linear_pointwise`` is the
@@ -41,6 +43,46 @@ def onednn_available() -> bool:
         return bool(ok)
     except Exception:  # noqa: BLE001 - any failure means "do not use it"
         return False
+
+
+# oneDNN must beat torch's default by this margin to be chosen: close calls keep the default
+# path, so the choice does not flip between runs on the same machine.
+_ONEDNN_MARGIN = 0.85
+
+
+@functools.cache
+def onednn_is_faster() -> bool:
+    """Whether oneDNN trains this network's layer shapes faster than torch's default here.
+
+    Neither path wins everywhere: on an AMD Zen 5 (AVX-512) oneDNN ran ~2x MKL, on an AMD
+    Zen 3 (AVX2) MKL was faster (generic Duo model: 4.2 s vs 6.3 s). So ``cpu_matmul='auto'``
+    measures once per process: forward + backward of a 48 -> 512 -> 500 -> 512 -> 64 stack at
+    batch 256, best of 5 interleaved runs each (~0.2 s).
+    """
+    if not onednn_available():
+        return False
+    import time
+
+    generator = torch.Generator().manual_seed(0)
+    sizes = [48, 512, 500, 512, 64]
+    layers = [torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    x = torch.randn(256, sizes[0], generator=generator)
+
+    def step(onednn: bool) -> float:
+        start = time.perf_counter()
+        h = x
+        for i, layer in enumerate(layers):
+            h = linear(h, layer, relu=i < len(layers) - 1, onednn=onednn)
+        h.square().mean().backward()
+        return time.perf_counter() - start
+
+    best = {False: float("inf"), True: float("inf")}
+    for i in range(7):
+        for onednn in (False, True):
+            elapsed = step(onednn)
+            if i >= 2:  # the first runs JIT-compile and warm caches
+                best[onednn] = min(best[onednn], elapsed)
+    return best[True] < _ONEDNN_MARGIN * best[False]
 
 
 class _OneDNNLinear(torch.autograd.Function):

@@ -9,7 +9,6 @@ per batch for the swap noise. No pandas, no per-row Python, and no ``.item()`` p
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -186,6 +185,17 @@ def _build_optimizer(network: DFPNetwork, params: AutoencoderParams) -> torch.op
     )
 
 
+def _snapshot(network: DFPNetwork, into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The network's weights, copied into ``into``'s buffers when given (a deepcopy of the
+    state dict every improving epoch cost ~9% of a small user's fit)."""
+    state = network.state_dict()
+    if into is None:
+        return {k: v.detach().clone() for k, v in state.items()}
+    for k, v in state.items():
+        into[k].copy_(v)
+    return into
+
+
 def train_network(
     network: DFPNetwork,
     train: EncodedFrame,
@@ -255,7 +265,7 @@ def train_network(
             if val_loss < best_val:
                 best_val, best_epoch, best_val_features = val_loss, epoch + 1, last_val_features
                 if params.restore_best_weights:
-                    best_state = copy.deepcopy(network.state_dict())
+                    best_state = _snapshot(network, best_state)
         log.debug(message)
         if bar is not None:
             bar.set_postfix_str(message.split(": ", 1)[1])
