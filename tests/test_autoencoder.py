@@ -447,3 +447,25 @@ def test_onednn_linear_layers_match_torch_default():
         for choice in ("aten", "onednn")
     }
     assert fitted["aten"].train_loss == pytest.approx(fitted["onednn"].train_loss, rel=1e-4)
+
+
+def test_seeded_fits_in_concurrent_threads_give_the_sequential_models():
+    """User actors may run several fits at once (ray.actor_concurrency > 1): each seeded fit
+    must still draw its own initial weights, not interleave draws with the other threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [make_frame(300, seed=s) for s in range(8)]
+    params = AutoencoderParams(**SMALL, epochs=2, seed=11)
+
+    def fit(df: pd.DataFrame) -> DFPAutoencoder:
+        model = DFPAutoencoder(CATS, NUMS, BINS, params)
+        model.fit(df)
+        return model
+
+    sequential = [fit(df) for df in frames]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(fit, frames))
+    for a, b, df in zip(sequential, concurrent, frames, strict=True):
+        for name, tensor in a.network.state_dict().items():
+            torch.testing.assert_close(tensor, b.network.state_dict()[name], rtol=0, atol=0, msg=name)
+        pd.testing.assert_frame_equal(a.score(df), b.score(df))

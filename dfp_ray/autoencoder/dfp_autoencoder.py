@@ -7,9 +7,12 @@ The public face of the package; the work is in encoding.py (frame -> tensors), m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,22 @@ from .model import DFPNetwork
 from .params import AutoencoderParams
 from .scoring import score_encoded, score_frame
 from .trainer import LossStatistics, TrainingReport, loss_statistics, torch_threads, train_network
+
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """torch's global RNG, seeded, for this thread alone; its previous state restored after.
+
+    Initial weights (and dropout) draw from the global RNG. Fits running in several threads
+    of one process (an actor with ``ray.actor_concurrency`` > 1) would otherwise interleave
+    their draws and a seeded fit would not give the same model twice.
+    """
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,18 +189,16 @@ class DFPAutoencoder:
         train_df, val_df = df.iloc[: n_rows - n_val], df.iloc[n_rows - n_val :]
         device = resolve_device(p.device)
 
-        with (
-            torch_threads(p.num_threads),
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        ):
-            if p.seed is not None:
-                torch.manual_seed(p.seed)
+        with torch_threads(p.num_threads), contextlib.ExitStack() as global_rng:
             encoder = FeatureEncoder.fit(
                 train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories
             )
             train = encoder.transform(train_df).to(device)
             val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
-            network = self._build_network(encoder).to(device)
+            global_rng.enter_context(_seeded_global_rng(p.seed, device))
+            network = self._build_network(encoder).to(device)  # initial weights: global RNG
+            if not p.dropout:  # dropout draws from the global RNG in every step: keep it to the end
+                global_rng.close()
             network.use_onednn = self._use_onednn(device)
             generator = torch.Generator(device=device)
             if p.seed is not None:
