@@ -120,3 +120,21 @@ def linear(x: torch.Tensor, layer: torch.nn.Linear, relu: bool = False, onednn: 
         return _OneDNNLinear.apply(x, layer.weight, layer.bias, relu)
     y = F.linear(x, layer.weight, layer.bias)
     return F.relu(y) if relu else y
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); None if unknown.
+
+    Without it torch emulates bf16 matrix products: measured on an AMD Zen 3 (AVX2), the
+    example-size generic Duo model trained in 72.8 s under bf16 autocast against 4.4 s in fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return None
+    if not flags:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
