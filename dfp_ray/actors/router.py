@@ -114,9 +114,7 @@ class RouterActor:
             loaded = self._load_batch(chunks, file_opts, opts)
             stages["load"] += time.perf_counter() - started
             if loaded.errors:
-                raise ValueError(
-                    "unreadable file(s): " + "; ".join(f"{e.url}: {e.reason}" for e in loaded.errors)
-                )
+                raise _unreadable(loaded.errors)
             frame = filter_users(loaded.frame, self.schema.user_column, self.cfg.only_users, self.cfg.skip_users)
             result["files"] += len(batch.files)
             result["files_from_cache"] += loaded.files_from_cache
@@ -183,7 +181,7 @@ class RouterActor:
         infos = _get([r[0] for r in refs])
         errors = [e for info in infos for e in info["errors"]]
         if errors:
-            raise ValueError("unreadable file(s): " + "; ".join(f"{url}: {reason}" for url, reason in errors))
+            raise _unreadable(errors)
         files = sum(info["files"] for info in infos)
         rows = sum(info["rows"] for info in infos)
         result["files"] += files
@@ -289,4 +287,9 @@ def _get(refs: Any) -> Any:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         raise (getattr(exc, "cause", None) or exc) from None
+
+
+def _unreadable(errors: list) -> ValueError:
+    """The rejection reason for a batch with unreadable files: ``(url, reason)`` of each."""
+    return ValueError("unreadable file(s): " + "; ".join(f"{url}: {reason}" for url, reason in errors))
 

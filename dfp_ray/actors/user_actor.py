@@ -84,8 +84,9 @@ class UserActor:
     def infer_parts(self, *frames: pd.DataFrame | None) -> tuple[pd.DataFrame | None, list[dict]]:
         """:meth:`infer` on the concatenation of the parts several loaders sent this actor."""
         present = [f for f in frames if f is not None and len(f)]
-        frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
-        return self.infer(frame)
+        if not present:
+            return None, []
+        return self.infer(pd.concat(present, ignore_index=True) if len(present) > 1 else present[0])
 
     def invalidate(self, user: str) -> None:
         """Forget the cached model (or cached absence) of ``user``; the next use asks MLflow."""
