@@ -82,6 +82,13 @@ class RayConfig(_Strict):
     max_in_flight: int = Field(
         0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."
     )
+    generic_actor: bool = Field(
+        True, description="CPU pools: train the generic model on an actor of its own beside the pool (it "
+        "owns generic_user and no individual user, and reserves no CPU). The generic model sees every row "
+        "and is a training message's long pole: on a pool actor it shares that actor with the users the "
+        "actor owns while the others idle at the end (see docs/pipeline.md). "
+        "False, or a GPU pool: it trains on a pool actor.",
+    )
     load_parallelism: int | None = Field(
         None, ge=1, description="Loading: a batch's files are read and mapped in up to this many chunks at "
         "once, on the (then idle) user actors. None = pool size; 1 = the router reads every file itself.",

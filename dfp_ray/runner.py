@@ -134,10 +134,18 @@ class Pipeline:
         if cfg.ray.num_gpus_per_actor:
             opts["num_gpus"] = cfg.ray.num_gpus_per_actor
         self.user_actors = [UserActor.options(**opts).remote(cfg_d, schema_d, i) for i in range(n)]
+        # The generic model's own actor (CPU pools; see RayConfig.generic_actor). Index n: it
+        # owns generic_user only. No CPU reserved: it runs beside the pool, not instead of it.
+        self.generic_actor = None
+        if cfg.ray.generic_actor and not cfg.ray.num_gpus_per_actor and cfg.train_users in ("all", "generic"):
+            self.generic_actor = UserActor.options(num_cpus=0).remote(cfg_d, schema_d, n)
         self.sink = SinkActor.remote(cfg_d)
-        self.router = RouterActor.remote(cfg_d, schema_d, self.user_actors, self.sink)
+        self.router = RouterActor.remote(cfg_d, schema_d, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
-        ray.get([a.warm_up.remote() for a in self.user_actors])
+        ray.get([a.warm_up.remote() for a in self._actors()])
+
+    def _actors(self) -> list:
+        return [*self.user_actors, *([self.generic_actor] if self.generic_actor is not None else [])]
 
     def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[dict[str, Any]]:
 
@@ -196,7 +204,7 @@ class Pipeline:
     def shutdown(self) -> None:
         import ray
 
-        for a in [self.router, self.sink, *self.user_actors]:
+        for a in [self.router, self.sink, *self._actors()]:
             ray.kill(a)
 
 

@@ -57,10 +57,11 @@ class _Progress:
 
 @ray.remote(num_cpus=0, max_concurrency=4)
 class RouterActor:
-    def __init__(self, cfg: dict, schema: dict, user_actors: list, sink):
+    def __init__(self, cfg: dict, schema: dict, user_actors: list, sink, generic_actor=None):
         self.cfg = DFPConfig.model_validate(cfg)
         self.schema = SourceSchema.model_validate(schema)
         self.actors = user_actors
+        self.generic_actor = generic_actor  # owns generic_user when the pipeline made one
         self.sink = sink
         self.cache = FrameCache(self.cfg.state_path / "cache", enabled=self.cfg.cache_loaded_files)
         self.max_in_flight = self.cfg.ray.max_in_flight or 2 * len(user_actors)
@@ -204,22 +205,25 @@ class RouterActor:
         user_col = self.schema.user_column
         work = list(split_by_user(frame, user_col, train_users=self.cfg.train_users, for_training=True))
         self.progress_state.update(stage="training", add_users_total=len(work))
-        owners = {user: self.owner_of(user) for user, _ in work}
-        if data_type == "payload" and GENERIC_USER in owners:
+        trainer = {user: self.actors[self.owner_of(user)] for user, _ in work}
+        if GENERIC_USER in trainer and self.generic_actor is not None:
+            trainer[GENERIC_USER] = self.generic_actor  # its own actor: the pool stays balanced
+        elif data_type == "payload" and GENERIC_USER in trainer:
             # In payload mode the generic model holds no state (no rolling window), so it may
-            # train anywhere: put the long pole on the actor with the fewest rows of its own.
+            # train anywhere: put the long pole on the pool actor with the fewest rows of its own.
             load = [0] * len(self.actors)
             for user, uframe in work:
                 if user != GENERIC_USER:
-                    load[owners[user]] += len(uframe)
-            owners[GENERIC_USER] = load.index(min(load))
+                    load[self.owner_of(user)] += len(uframe)
+            trainer[GENERIC_USER] = self.actors[load.index(min(load))]
         pending: list = []
         # Largest frames first: the generic model is the long pole, start it early.
+        limit = self.max_in_flight + (self.generic_actor is not None)
         for user, uframe in sorted(work, key=lambda w: -len(w[1])):
-            pending.append(self.actors[owners[user]].train.remote(user, uframe, data_type))
-            pending = self._drain(pending, result, limit=self.max_in_flight)
+            pending.append(trainer[user].train.remote(user, uframe, data_type))
+            pending = self._drain(pending, result, limit=limit)
         self._drain(pending, result, limit=0)
-        if GENERIC_USER in owners:
+        if GENERIC_USER in trainer:
             # Every actor may fall back to the generic model: drop any cached "not found" or
             # older version now rather than after mlflow.refresh_seconds.
             ray.get([a.invalidate.remote(GENERIC_USER) for a in self.actors])
