@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 import yaml
 
+from dfp_ray.registry_template import PyfuncTemplate
 from dfp_ray.schema import SourceSchema, dump_schema, frame_from_records
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -440,6 +441,7 @@ class ModelRegistry:
         self._experiments: dict[str, str] = {}
         self._known_models: set[str] = set()
         self._signatures: dict[tuple, Any] = {}
+        self._templates: dict[tuple, PyfuncTemplate] = {}
         self._lock_path = db.with_name(db.name + ".dfp-lock") if db is not None else None
         quiet_mlflow()
 
@@ -567,22 +569,31 @@ class ModelRegistry:
         self._known_models.add(name)
 
     def warm_up(self, model: DFPAutoencoder, schema: SourceSchema) -> None:
-        """Do the first registration's one-time work now: the model signature for this schema
-        (cached per schema and feature lists; ``model`` may be any model with those features)
-        and MLflow's scan of installed packages that checks the pip requirements it is given
-        (1.6 s once per process, otherwise paid by the first user trained), and the store
-        connection (MLflow's SQLAlchemy store imports in ~1.5 s)."""
+        """Do the first registration's one-time work now: open the store (MLflow's SQLAlchemy
+        store imports in ~1.5 s), build the model signature for this schema (cached per schema
+        and feature lists; ``model`` may be any model with those features) and the schema's
+        pyfunc template (:mod:`dfp_ray.registry_template`; MLflow scans the installed packages
+        against the pinned requirements then, 1.6 s once per process)."""
         self.client  # noqa: B018 - opens the store
         key = _signature_key(model, schema)
         if key not in self._signatures:
             example = example_raw_frame(schema, user="warm-up", when=datetime(2022, 8, 1))
             self._signatures[key] = _signature(model, schema, example)
-        try:  # private MLflow helper: if it moves, the first registration just pays the scan
-            from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+        self._template(schema, self._signatures[key])
 
-            warn_dependency_requirement_mismatches(list(_pip_requirements()))
-        except Exception as exc:  # noqa: BLE001 - an optimisation only
-            log.debug("registry warm-up skipped the requirements scan: %s", exc)
+    def _template(self, schema: SourceSchema, signature: Any) -> PyfuncTemplate:
+        """The pyfunc template for ``schema`` (built on first use; the signature is per version)."""
+        key = (schema.fingerprint(), _pip_requirements())
+        with self._lock:
+            template = self._templates.get(key)
+            if template is None:
+                with self._globals():
+                    template = PyfuncTemplate(
+                        code_path=PYFUNC_CODE_PATH, model_artifact=MODEL_ARTIFACT, schema_artifact=SCHEMA_ARTIFACT,
+                        schema_yaml=dump_schema(schema), signature=signature, pip_requirements=list(key[1]),
+                    )  # fmt: skip
+                self._templates[key] = template
+            return template
 
     # ---------------------------------------------------------------- register
     def register(
@@ -632,8 +643,7 @@ class ModelRegistry:
         tags: dict[str, str] | None,
         input_example: pd.DataFrame | list[dict] | None,
     ) -> ModelRef:
-        import mlflow
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
         from mlflow.entities import RunTag as Tag
 
         started = time.perf_counter()
@@ -680,11 +690,10 @@ class ModelRegistry:
         )
         metrics = _training_metrics(report)
 
+        template = self._template(schema, signature)
         with tempfile.TemporaryDirectory(prefix="dfp-register-") as tmp:
-            model_dir = Path(tmp) / MODEL_ARTIFACT
-            model.save(model_dir)
-            schema_file = Path(tmp) / "schema.yaml"
-            schema_file.write_text(dump_schema(schema))
+            # the version's files, before taking the store's lock: only MLmodel needs the ids
+            model_dir = template.materialise(Path(tmp) / MODEL_NAME_IN_RUN, model)
             with self._lock, self._write_lock(), self._globals():
                 client = self.client
                 exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
@@ -695,31 +704,36 @@ class ModelRegistry:
                     tags={**common_tags, "registered_model": name},
                 )
                 run_id = run.info.run_id
+                now = int(time.time() * 1000)
                 client.log_batch(
                     run_id,
                     params=[Param(k, v) for k, v in params.items()],
                     tags=[Tag("mlflow.source.name", "dfp_ray"), Tag("mlflow.source.type", "JOB")],
+                    metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
                 )
-                with mlflow.start_run(run_id=run_id):
-                    info = mlflow.pyfunc.log_model(
-                        name=MODEL_NAME_IN_RUN,
-                        python_model=str(PYFUNC_CODE_PATH),
-                        artifacts={MODEL_ARTIFACT: str(model_dir), SCHEMA_ARTIFACT: str(schema_file)},
-                        signature=signature,
-                        pip_requirements=list(_pip_requirements()),
-                        tags=common_tags,
-                    )
-                # Metrics after log_model: MLflow 3 copies a run's metrics onto a model logged in
-                # it with one query per metric and epoch curve (~30% of a registration's time);
-                # they stay on the run, where the docs and tests read them.
-                now = int(time.time() * 1000)
-                client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v, step in metrics])
+                # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING, linked
+                # to the run as its output, artifacts uploaded, then READY (FAILED on an error).
+                logged = client.create_logged_model(
+                    exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
+                )
+                try:
+                    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+                    template.write_mlmodel(
+                        model_dir, model_id=logged.model_id, run_id=run_id,
+                        artifact_path=logged.artifact_location, signature=signature,
+                    )  # fmt: skip
+                    client.log_model_artifacts(logged.model_id, str(model_dir))
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                    raise
+                client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
                 version = client.create_model_version(
                     name,
-                    source=f"models:/{info.model_id}",
+                    source=f"models:/{logged.model_id}",
                     run_id=run_id,
                     tags=version_tags,
-                    model_id=info.model_id,
+                    model_id=logged.model_id,
                     description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
                     await_creation_for=60,
                 )

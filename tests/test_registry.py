@@ -238,6 +238,36 @@ def test_artifacts_have_no_pickle_and_a_signature(registry, model_a, state_dir):
     assert {"mean_abs_z", "max_abs_z", "reason_z_loss", "username"} <= outputs
 
 
+def test_each_version_is_a_ready_logged_model_of_its_own_run(registry, model_a, model_b):
+    """Versions are built from one per-process pyfunc template: each must still carry its own
+    identity (MLflow 3 logged model, run link, MLmodel ids and size) and its own weights."""
+    users = ("ident.a", "ident.b")
+    refs = [register(registry, users[0], model_a), register(registry, users[1], model_b)]
+    client = registry.client
+    seen = []
+    for user, ref, (model, report, _) in zip(users, refs, (model_a, model_b), strict=True):
+        version = client.get_model_version(ref.name, ref.version)
+        assert version.source.startswith("models:/m-")  # the sqlite store keeps the id in source
+        logged = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert str(logged.status) in ("READY", "LoggedModelStatus.READY"), logged.status
+        assert logged.source_run_id == ref.run_id and logged.tags["user"] == user
+        assert logged.params["row_count"] == str(report.rows)
+        outputs = client.get_run(ref.run_id).outputs.model_outputs
+        assert [o.model_id for o in outputs] == [logged.model_id]
+        files = {p.name: p for p in artifact_files(registry, ref)}
+        mlmodel = yaml.safe_load(files["MLmodel"].read_text())
+        assert mlmodel["model_id"] == mlmodel["model_uuid"] == logged.model_id
+        assert mlmodel["run_id"] == ref.run_id and mlmodel["artifact_path"] == logged.artifact_location
+        others = sum(p.stat().st_size for name, p in files.items() if name != "MLmodel")
+        assert mlmodel["model_size_bytes"] == others
+        assert "dfp-ray-placeholder" not in files
+        seen.append(files["model.safetensors"].read_bytes())
+        loaded = registry.load(ref, device="cpu")
+        frame = model_a[2]
+        pd.testing.assert_frame_equal(loaded.score(frame), model.score(frame))
+    assert seen[0] != seen[1]
+
+
 def test_dotted_user_is_found_under_its_own_name(registry, model_a, model_b):
     generic = register(registry, GENERIC_USER, model_a)
     dotted = register(registry, DOTTED, model_b)
