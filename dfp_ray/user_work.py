@@ -9,6 +9,7 @@ same code without a cluster.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,9 @@ class UserWorker:
         )
         self.windows: dict[str, RollingWindow] = {}
         self.users_seen: set[str] = set()
+        # One fit at a time per worker: with ray.actor_concurrency > 1 a call registers its model
+        # (database round trips, file copies, the store's lock) while the next call fits.
+        self._fit_lock = threading.Lock()
 
     def warm_up(self) -> float:
         """Pay one-time costs at start-up, not on the first user: the first fit imports
@@ -114,10 +118,35 @@ class UserWorker:
     # ---- training -----------------------------------------------------------------------
     def train(self, user: str, frame: pd.DataFrame, data_type: str = "payload") -> TrainResult:
         """Train (and register) a model for ``user`` on ``frame`` (mapped rows, any order)."""
-        from dfp_ray.autoencoder import DFPAutoencoder
 
         start = time.perf_counter()
         self.users_seen.add(user)
+        with self._fit_lock:
+            fitted = self._fit(user, frame, data_type)
+        if isinstance(fitted, TrainResult):
+            return fitted
+        model, report, prepared = fitted
+        s = self.schema
+        registering = time.perf_counter()
+        times = prepared[s.time_column]
+        ref = self.registry.register(
+            source=self.cfg.source, user=user, model=model, report=report, schema=s,
+            first_event=times.min().to_pydatetime(), last_event=times.max().to_pydatetime(),
+            tags={"data_type": data_type},
+        )
+        self.cache.put(self.cfg.source, user, model, ref)
+        return TrainResult(
+            user=user, rows=len(prepared), trained=True, model_version=ref.label,
+            seconds=time.perf_counter() - start, fit_seconds=report.seconds,
+            register_seconds=time.perf_counter() - registering, worker=self.worker_index,
+            epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
+        )
+
+    def _fit(self, user: str, frame: pd.DataFrame, data_type: str):
+        """Window bookkeeping and the fit: ``(model, report, prepared rows)``, or a TrainResult
+        saying why nothing was trained. Runs under the worker's fit lock."""
+        from dfp_ray.autoencoder import DFPAutoencoder
+
         if data_type == "streaming":
             win = self._window(user)
             due = win.append(frame)
@@ -141,20 +170,7 @@ class UserWorker:
             params=self.cfg.autoencoder,
         )
         report = model.fit(prepared)
-        registering = time.perf_counter()
-        times = prepared[s.time_column]
-        ref = self.registry.register(
-            source=self.cfg.source, user=user, model=model, report=report, schema=s,
-            first_event=times.min().to_pydatetime(), last_event=times.max().to_pydatetime(),
-            tags={"data_type": data_type},
-        )
-        self.cache.put(self.cfg.source, user, model, ref)
-        return TrainResult(
-            user=user, rows=len(prepared), trained=True, model_version=ref.label,
-            seconds=time.perf_counter() - start, fit_seconds=report.seconds,
-            register_seconds=time.perf_counter() - registering, worker=self.worker_index,
-            epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
-        )
+        return model, report, prepared
 
     # ---- inference ----------------------------------------------------------------------
     def model_for(self, user: str):
