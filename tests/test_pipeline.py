@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 
 from dfp_ray.cli import main as cli_main
 from dfp_ray.config import GENERIC_USER, load_config
@@ -24,13 +23,6 @@ SMALL_AE = {
     "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
     "autoencoder.epochs": 4, "autoencoder.device": "cpu",
 }
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import ray
 from mlflow_server import MlflowServer
 
 from dfp_ray.config import GENERIC_USER, load_config
@@ -15,13 +14,6 @@ from dfp_ray.registry import ModelRegistry, registered_model_name
 from dfp_ray.runner import Pipeline, run
 
 pytestmark = [pytest.mark.mlflow_server, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ autoencoder hyper-parameters (Morpheus's).
 from __future__ import annotations
 
 import pytest
-import ray
 
 from dfp_ray.config import load_config
 from dfp_ray.datagen import DatagenConfig, generate
@@ -16,13 +15,6 @@ from dfp_ray.evaluation import evaluate, format_evaluation, load_ground_truth, l
 from dfp_ray.runner import Pipeline, run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("source", ["duo", "azure"])
