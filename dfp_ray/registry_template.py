@@ -31,11 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
 MLMODEL = "MLmodel"
 _PLACEHOLDER = "dfp-ray-placeholder"
 
-try:  # libyaml is 10-20x faster than the pure-Python emitter; same YAML either way
-    _Loader: Any = yaml.CSafeLoader
+try:  # libyaml is 10-20x faster than the pure-Python parser and emitter; same YAML either way
+    YAML_LOADER: Any = yaml.CSafeLoader
     _Dumper: Any = yaml.CSafeDumper
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader, _Dumper = yaml.SafeLoader, yaml.SafeDumper
+    YAML_LOADER, _Dumper = yaml.SafeLoader, yaml.SafeDumper
 
 
 def _tree_size(path: Path) -> int:
@@ -82,7 +82,7 @@ class PyfuncTemplate:
             signature=signature,
             pip_requirements=pip_requirements,
         )
-        self.mlmodel: dict[str, Any] = yaml.load((self.path / MLMODEL).read_text(), Loader=_Loader)
+        self.mlmodel: dict[str, Any] = yaml.load((self.path / MLMODEL).read_text(), Loader=YAML_LOADER)
         artifacts = self.mlmodel["flavors"]["python_function"]["artifacts"]
         # where the pyfunc flavour reads the autoencoder from, relative to the model directory
         self.model_subpath = str(artifacts[model_artifact]["path"])

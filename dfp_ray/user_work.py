@@ -201,6 +201,11 @@ class UserWorker:
         available = set(prepared.columns)
         users = prepared[s.user_column].astype(str)
         by_user = users.groupby(users, sort=False).indices
+        wanted = [*by_user, GENERIC_USER] if self.cfg.fallback_to_generic else list(by_user)
+        try:  # one registry round trip for the users not cached (or due a refresh), not one each
+            self.cache.prefetch(self.cfg.source, wanted)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: model_for() reports per user
+            log.debug("model prefetch failed: %s", exc)
         results: dict[str, InferResult] = {}
         by_model: dict[str, tuple[object, list]] = {}
         for user, idx in by_user.items():

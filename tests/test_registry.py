@@ -317,6 +317,29 @@ def test_cache_refreshes_to_a_newer_version(registry, model_a, model_b):
     assert lazy.get("duo", "cache.user")[1] == v2
 
 
+def test_bulk_lookup_and_prefetch_agree_with_one_by_one(registry, model_a, model_b):
+    """latest_many == latest per user (several versions, dotted names, no model, paged in
+    chunks); after prefetch the cache serves those versions without loading again."""
+    users = ["bulk.a", "bulk-b", "bulk_c@corp.com"]
+    for user in users:
+        register(registry, user, model_a)
+    register(registry, users[0], model_b)  # version 2 of the first
+    wanted = [*users, "bulk.nobody"]
+    for chunk in (1, 2, 100):
+        found = registry.latest_many("duo", wanted, chunk=chunk)
+        assert found == {u: registry.latest("duo", u) for u in wanted}
+    assert found["bulk.a"].version == "2" and found["bulk.nobody"] is None
+
+    ticks = iter(float(t) for t in range(1000))
+    cache = ModelCache(registry, refresh_seconds=100, clock=lambda: next(ticks))
+    assert cache.prefetch("duo", wanted) == 4 and cache.loads == 3
+    assert [cache.get("duo", u)[1] for u in users] == [found[u] for u in users]
+    assert cache.get("duo", "bulk.nobody") is None
+    assert cache.loads == 3 and cache.prefetch("duo", wanted) == 0  # all fresh: nothing to do
+    frame = model_b[2]
+    pd.testing.assert_frame_equal(cache.get("duo", "bulk.a")[0].score(frame), model_b[0].score(frame))
+
+
 def test_cache_put_lru_and_missing_users(registry, model_a):
     register(registry, "lru.user", model_a)
     ticks = iter(range(1000))

@@ -33,6 +33,7 @@ def test_register_lookup_load_and_pyfunc_through_a_server(server, tmp_path):
     assert v2.name == registered_model_name("duo", DOTTED)
     assert registry.latest("duo", DOTTED) == v2
     assert registry.latest("duo", "nobody") is None
+    assert registry.latest_many("duo", [DOTTED, "nobody"]) == {DOTTED: v2, "nobody": None}  # name IN (...)
     run = registry.client.get_run(v2.run_id)
     assert run.data.params["row_count"] == str(trained_b[1].rows) and run.data.tags["user"] == DOTTED
     location = registry.client.get_model_version_download_uri(v2.name, v2.version)
