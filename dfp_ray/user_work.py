@@ -118,7 +118,6 @@ class UserWorker:
     # ---- training -----------------------------------------------------------------------
     def train(self, user: str, frame: pd.DataFrame, data_type: str = "payload") -> TrainResult:
         """Train (and register) a model for ``user`` on ``frame`` (mapped rows, any order)."""
-
         start = time.perf_counter()
         self.users_seen.add(user)
         with self._fit_lock:
