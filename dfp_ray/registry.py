@@ -10,8 +10,11 @@ Every model version is an MLflow pyfunc "model from code" (``dfp_ray/registry_py
 whose artifacts are the autoencoder's own save format (safetensors + JSON) and the source
 schema as YAML: nothing is pickled, and
 ``mlflow.pyfunc.load_model("models:/DFP-duo-alice/latest").predict(raw_rows)`` scores raw log
-records. The pipeline itself skips pyfunc and loads the autoencoder straight from the
-artifacts (:meth:`ModelRegistry.load`).
+records. Versions are written from a per-process copy of that directory
+(:mod:`dfp_ray.registry_template`) and logged as MLflow 3 logged models through the client
+API. The pipeline itself skips pyfunc and loads the autoencoder straight from the artifacts
+(:meth:`ModelRegistry.load`), resolving many users' latest versions in one query
+(:meth:`ModelRegistry.latest_many`, :meth:`ModelCache.prefetch`).
 
 MLflow is imported lazily, so ``import dfp_ray.registry`` (e.g. for :func:`safe_user_name`)
 stays cheap. See docs/registry.md.
