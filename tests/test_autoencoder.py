@@ -297,6 +297,22 @@ def test_early_stopping_and_best_weights():
     assert no_patience.fit(df).epochs_run == 4
 
 
+def test_validation_with_dropout_runs_in_eval_mode():
+    """With dropout, validation and loss statistics must see the network without it: the
+    reported validation loss of the final weights equals what scoring those rows gives."""
+    df = make_frame(120)
+    params = AutoencoderParams(**SMALL, epochs=3, dropout=0.5, restore_best_weights=False)
+    model = DFPAutoencoder(CATS, NUMS, BINS, params)
+    report = model.fit(df)
+    assert not model.network.training
+    val = df.iloc[report.train_rows :]
+    scored = model.score(val)
+    per_feature = [scored[f"{f}_loss"].mean() for f in model.feature_columns]
+    assert float(np.mean(per_feature)) == pytest.approx(report.val_loss[-1], rel=1e-5)
+    again = model.score(val)
+    assert np.allclose(again["mean_abs_z"], scored["mean_abs_z"])
+
+
 def test_no_validation_and_tiny_frames():
     df = make_frame(2)
     params = AutoencoderParams(**SMALL, epochs=1)

