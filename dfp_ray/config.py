@@ -90,6 +90,12 @@ class RayConfig(_Strict):
         "actor owns while the others idle at the end (see docs/pipeline.md). "
         "False, or a GPU pool: it trains on a pool actor.",
     )
+    generic_threads_after_pool: int | None = Field(
+        None, ge=1, description="With generic_actor: intra-op threads the generic model's fit moves to, "
+        "from its next epoch, once every pool actor has finished its users (their CPUs would idle for "
+        "the rest of the fit). None = the pool's CPUs (pool size x num_cpus_per_actor); always capped "
+        "by the CPUs the generic actor's process may use. 1 keeps it on one thread.",
+    )
     load_parallelism: int | None = Field(
         None, ge=1, description="Loading: a batch's files are read and mapped in up to this many chunks at "
         "once, on the (then idle) user actors. None = pool size; 1 = the router reads every file itself.",

@@ -138,7 +138,8 @@ class Pipeline:
         # owns generic_user only. No CPU reserved: it runs beside the pool, not instead of it.
         self.generic_actor = None
         if cfg.ray.generic_actor and not cfg.ray.num_gpus_per_actor and cfg.train_users in ("all", "generic"):
-            self.generic_actor = UserActor.options(num_cpus=0).remote(cfg_d, schema_d, n)
+            # two calls at once: the router's widen_fit arrives while train runs
+            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2).remote(cfg_d, schema_d, n)
         self.sink = SinkActor.remote(cfg_d)
         self.router = RouterActor.remote(cfg_d, schema_d, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.

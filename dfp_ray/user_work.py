@@ -9,6 +9,7 @@ same code without a cluster.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ class TrainResult(BaseModel):
     worker: int = -1
     epochs_run: int = 0
     best_val_loss: float | None = None
+    fit_threads: int = 0  # intra-op threads at the end of the fit (more once widened, see widen_fit)
 
 
 class InferResult(BaseModel):
@@ -55,7 +57,7 @@ class NoModelError(LookupError):
 class UserWorker:
     """Per-actor state and the train / infer logic for the users this actor owns."""
 
-    def __init__(self, cfg: DFPConfig, schema: SourceSchema, worker_index: int = 0):
+    def __init__(self, cfg: DFPConfig, schema: SourceSchema, worker_index: int = 0, threads: int | None = None):
         from dfp_ray.registry import ModelCache, ModelRegistry
 
         self.cfg = cfg
@@ -70,6 +72,13 @@ class UserWorker:
         # One fit at a time per worker: with ray.actor_concurrency > 1 a call registers its model
         # (database round trips, file copies, the store's lock) while the next call fits.
         self._fit_lock = threading.Lock()
+        # Intra-op threads per fit (None: torch's current setting), and wider counts the owner
+        # asked for (widen_fit), by fit id, taken up from that fit's next epoch.
+        self.threads = threads
+        self._widen: dict[str, int] = {}
+        self._fit_id: str | None = None
+        self._finished_fit_id: str | None = None
+        self._last_fit_threads = 0
 
     def warm_up(self) -> float:
         """Pay one-time costs at start-up, not on the first user: the first fit imports
@@ -116,12 +125,21 @@ class UserWorker:
         return win
 
     # ---- training -----------------------------------------------------------------------
-    def train(self, user: str, frame: pd.DataFrame, data_type: str = "payload") -> TrainResult:
-        """Train (and register) a model for ``user`` on ``frame`` (mapped rows, any order)."""
+    def train(
+        self, user: str, frame: pd.DataFrame, data_type: str = "payload", fit_id: str | None = None
+    ) -> TrainResult:
+        """Train (and register) a model for ``user`` on ``frame`` (mapped rows, any order).
+
+        ``fit_id`` names this call for :meth:`widen_fit` (any string unique per call)."""
         start = time.perf_counter()
         self.users_seen.add(user)
         with self._fit_lock:
-            fitted = self._fit(user, frame, data_type)
+            self._fit_id = fit_id
+            try:
+                fitted = self._fit(user, frame, data_type)
+            finally:
+                self._fit_id, self._finished_fit_id = None, fit_id
+                self._widen.pop(fit_id, None)  # type: ignore[arg-type]
         if isinstance(fitted, TrainResult):
             return fitted
         model, report, prepared = fitted
@@ -139,7 +157,35 @@ class UserWorker:
             seconds=time.perf_counter() - start, fit_seconds=report.seconds,
             register_seconds=time.perf_counter() - registering, worker=self.worker_index,
             epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
+            fit_threads=self._last_fit_threads,
         )
+
+    def widen_fit(self, threads: int, fit_id: str) -> int:
+        """Let the fit of the train call ``fit_id`` use ``threads`` intra-op threads from its
+        next epoch on (or from its start, if that call has not begun yet).
+
+        Called (from another thread of the actor) when the CPUs around this worker fell idle:
+        the router does it for the generic model once every pool actor has finished. Capped by
+        the CPUs this process may run on. A request for a fit that already ended is ignored, so
+        it never widens a later fit. Returns the thread count granted (0 when ignored).
+        """
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not on Linux
+            cpus = os.cpu_count() or 1
+        granted = max(1, min(int(threads), cpus))
+        if fit_id == self._finished_fit_id:
+            return 0
+        self._widen[fit_id] = granted
+        return granted
+
+    def _fit_threads(self) -> int:
+        import torch
+
+        widened = self._widen.get(self._fit_id) if self._fit_id is not None else None
+        n = widened or self.threads or torch.get_num_threads()
+        self._last_fit_threads = n
+        return n
 
     def _fit(self, user: str, frame: pd.DataFrame, data_type: str):
         """Window bookkeeping and the fit: ``(model, report, prepared rows)``, or a TrainResult
@@ -168,7 +214,7 @@ class UserWorker:
             categorical=s.features.categorical, numeric=s.features.numeric, binary=s.features.binary,
             params=self.cfg.autoencoder,
         )
-        report = model.fit(prepared)
+        report = model.fit(prepared, threads=self._fit_threads)
         return model, report, prepared
 
     # ---- inference ----------------------------------------------------------------------

@@ -313,6 +313,27 @@ def test_validation_with_dropout_runs_in_eval_mode():
     assert np.allclose(again["mean_abs_z"], scored["mean_abs_z"])
 
 
+def test_fit_takes_a_wider_thread_count_from_the_next_epoch_and_restores_it():
+    """The owner's thread hook is asked before every epoch (and the loss statistics); a wider
+    count applies from then on, and the caller's count is back when fit returns."""
+    seen: list[int] = []
+
+    def threads() -> int:
+        seen.append(torch.get_num_threads())
+        return 1 if len(seen) == 1 else 2
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(**SMALL, epochs=4))
+        report = model.fit(make_frame(80), threads=threads)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert report.epochs_run == 4
+    assert seen == [1, 1, 2, 2, 2]  # 4 epochs + loss statistics; the first epoch ran on one thread
+
+
 def test_no_validation_and_tiny_frames():
     df = make_frame(2)
     params = AutoencoderParams(**SMALL, epochs=1)

@@ -7,6 +7,7 @@ autoencoder is shrunk so the module runs in well under a minute of training on 2
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -135,6 +136,45 @@ def test_inference_falls_back_to_generic_model(ray_session, data, tmp_path):
     scores = pd.read_csv(infer.scores_path)
     assert len(scores) > 0
     assert set(scores["model_version"]) == {registered_model_name("duo", GENERIC_USER) + ":1"}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_generic_fit_widens_to_the_pools_cpus_once_the_pool_is_done(ray_session, data, tmp_path):
+    """train_users=generic: the pool has no users, so the generic model's fit gets the pool's
+    two CPUs from its next epoch (two threads), and the message says when."""
+    cfg = make_cfg(tmp_path, train_users="generic", **{"autoencoder.epochs": 300})
+    pipe = Pipeline(cfg)
+    try:
+        train = run(cfg, [str(data / "control_messages" / "duo_payload_training.json")], pipeline=pipe,
+                    progress=False)
+    finally:
+        pipe.shutdown()
+    detail = train.messages_detail[0]
+    (generic,) = detail["trained"]
+    assert generic["user"] == GENERIC_USER and generic["epochs_run"] == 300
+    assert detail["generic_widened_at_s"] is not None
+    assert detail["generic_widened_threads"] == 2, detail
+    assert generic["fit_threads"] == 2, (detail["generic_widened_at_s"], generic)
+
+
+def test_widen_requests_apply_to_their_own_fit_only(data, tmp_path):
+    from dfp_ray.loading import load_files
+    from dfp_ray.schema import load_schema, map_fields
+    from dfp_ray.user_work import UserWorker
+
+    schema = load_schema("duo")
+    worker = UserWorker(make_cfg(tmp_path), schema, threads=1)
+    cpus = len(os.sched_getaffinity(0))
+    assert worker.widen_fit(10_000, "a") == cpus  # capped by this process's CPUs
+    assert worker.widen_fit(0, "b") == 1
+    files = sorted(str(p) for p in (data / "duo" / "training").glob("*.json"))
+    frame, _ = map_fields(load_files(files).frame, schema)
+    # asked before its call began (Ray may run the request first): applies from the start
+    worker.widen_fit(2, "x")
+    assert worker.train("someone", frame, fit_id="x").fit_threads == min(2, cpus)
+    # a late request for a fit that ended is ignored and never widens the next one
+    assert worker.widen_fit(2, "x") == 0
+    assert worker.train("someone", frame, fit_id="y").fit_threads == 1
 
 
 def test_bad_messages_go_to_dead_letters_and_the_rest_runs(ray_session, data, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 import pandas as pd
@@ -78,7 +79,7 @@ class RouterActor:
         """Run one control message to completion; never raises for bad input."""
         msg = ControlMessage.model_validate(message)
         self.progress_state.reset(msg.message_id)
-        start = time.perf_counter()
+        start = self._message_started = time.perf_counter()
         result: dict[str, Any] = {
             "message_id": msg.message_id, "kind": msg.kind, "data_type": msg.metadata.data_type,
             "files": 0, "files_from_cache": 0, "rows": 0, "trained": [], "skipped_users": [], "inferred": [],
@@ -217,23 +218,59 @@ class RouterActor:
                     load[self.owner_of(user)] += len(uframe)
             trainer[GENERIC_USER] = self.actors[load.index(min(load))]
         pending: list = []
+        generic_ref = generic_fit = None
         # Largest frames first: the generic model is the long pole, start it early.
         limit = self.max_in_flight + (self.generic_actor is not None)
         for user, uframe in sorted(work, key=lambda w: -len(w[1])):
-            pending.append(trainer[user].train.remote(user, uframe, data_type))
+            if user == GENERIC_USER and trainer[user] is self.generic_actor:
+                generic_fit = f"{result['message_id']}:{uuid.uuid4().hex}"
+                ref = generic_ref = trainer[user].train.remote(user, uframe, data_type, generic_fit)
+            else:
+                ref = trainer[user].train.remote(user, uframe, data_type)
+            pending.append(ref)
             pending = self._drain(pending, result, limit=limit)
+        if generic_ref is not None:
+            pending = self._widen_generic_when_pool_done(pending, generic_ref, generic_fit, result)
         self._drain(pending, result, limit=0)
         if GENERIC_USER in trainer:
             # Every actor may fall back to the generic model: drop any cached "not found" or
             # older version now rather than after mlflow.refresh_seconds.
             ray.get([a.invalidate.remote(GENERIC_USER) for a in self.actors])
 
+    def _widen_generic_when_pool_done(self, pending: list, generic_ref, fit_id: str,
+                                      result: dict[str, Any]) -> list:
+        """Wait for the pool's users; if the generic model is still fitting then, give its fit
+        the pool's CPUs (one thread each) for the rest of it, instead of letting them idle."""
+        threads = self.cfg.ray.generic_threads_after_pool
+        if threads is None:
+            threads = max(1, int(len(self.actors) * self.cfg.ray.num_cpus_per_actor))
+        if threads <= 1:
+            return pending
+        generic_id = generic_ref.hex()  # ray.wait may hand back new ref objects: compare ids
+        while others := [r for r in pending if r.hex() != generic_id]:
+            done, _ = ray.wait(others, num_returns=1)
+            done_id = done[0].hex()
+            pending = [r for r in pending if r.hex() != done_id]
+            self._record_training(ray.get(done[0]), result)
+        if pending:
+            ready, _ = ray.wait(pending, timeout=0)
+            if not ready:
+                granted = ray.get(self.generic_actor.widen_fit.remote(threads, fit_id))
+                result["generic_widened_at_s"] = round(time.perf_counter() - self._message_started, 3)
+                result["generic_widened_threads"] = granted
+                log.info("pool done: the generic model's fit continues on %d threads", granted)
+            else:
+                result["generic_widened_at_s"] = None
+        return pending
+
+    def _record_training(self, res: dict, result: dict[str, Any]) -> None:
+        (result["trained"] if res["trained"] else result["skipped_users"]).append(res)
+        self.progress_state.update(add_users_done=1)
+
     def _drain(self, pending: list, result: dict[str, Any], limit: int) -> list:
         while len(pending) > limit:
             done, pending = ray.wait(pending, num_returns=1)
-            res = ray.get(done[0])
-            (result["trained"] if res["trained"] else result["skipped_users"]).append(res)
-            self.progress_state.update(add_users_done=1)
+            self._record_training(ray.get(done[0]), result)
         return pending
 
     def _infer(self, frame: pd.DataFrame, result: dict[str, Any]) -> None:

@@ -28,12 +28,14 @@ class UserActor:
         threads = max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         torch.set_num_threads(threads)
         self.index = index
-        self.worker = UserWorker(DFPConfig.model_validate(cfg), SourceSchema.model_validate(schema), index)
+        self.worker = UserWorker(
+            DFPConfig.model_validate(cfg), SourceSchema.model_validate(schema), index, threads=threads
+        )
         self.file_cache = FrameCache(self.worker.cfg.state_path / "cache", enabled=self.worker.cfg.cache_loaded_files)
 
-    def train(self, user: str, frame: pd.DataFrame, data_type: str) -> dict:
+    def train(self, user: str, frame: pd.DataFrame, data_type: str, fit_id: str | None = None) -> dict:
         try:
-            return self.worker.train(user, frame, data_type).model_dump()
+            return self.worker.train(user, frame, data_type, fit_id).model_dump()
         except Exception as exc:  # one user's failure must not lose the other users' work
             log.exception("training %s failed", user)
             return {"user": user, "rows": len(frame), "trained": False, "worker": self.index,
@@ -87,6 +89,10 @@ class UserActor:
         if not present:
             return None, []
         return self.infer(pd.concat(present, ignore_index=True) if len(present) > 1 else present[0])
+
+    def widen_fit(self, threads: int, fit_id: str) -> int:
+        """See :meth:`UserWorker.widen_fit` (needs an actor that runs two calls at once)."""
+        return self.worker.widen_fit(threads, fit_id)
 
     def invalidate(self, user: str) -> None:
         """Forget the cached model (or cached absence) of ``user``; the next use asks MLflow."""

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,14 @@ from .encoding import EncodedFrame, FeatureColumns, FeatureEncoder, embedding_di
 from .model import DFPNetwork
 from .params import AutoencoderParams
 from .scoring import score_encoded, score_frame
-from .trainer import LossStatistics, TrainingReport, loss_statistics, torch_threads, train_network
+from .trainer import (
+    LossStatistics,
+    TrainingReport,
+    loss_statistics,
+    set_threads,
+    torch_threads,
+    train_network,
+)
 
 log = logging.getLogger(__name__)
 _GLOBAL_RNG_LOCK = threading.Lock()
@@ -175,12 +182,16 @@ class DFPAutoencoder:
         }
 
     # ------------------------------------------------------------------ fit
-    def fit(self, df: pd.DataFrame, progress: bool = False) -> TrainingReport:
+    def fit(
+        self, df: pd.DataFrame, progress: bool = False, threads: Callable[[], int] | None = None
+    ) -> TrainingReport:
         """Train on ``df`` (rows already in time order); the last ``validation_fraction`` validate.
 
         Vocabularies and scalers are learnt from the training rows only. Afterwards the loss
         statistics (per-feature mean/std of per-row losses on the unswapped training rows) are
-        computed in batches. Refitting starts from scratch.
+        computed in batches. Refitting starts from scratch. ``threads`` (optional) is asked
+        before every epoch and before the loss statistics how many intra-op threads to use
+        (``params.num_threads`` fixes the start); the caller's thread count is restored after.
         """
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"fit() needs a pandas DataFrame, got {type(df).__name__}")
@@ -202,7 +213,8 @@ class DFPAutoencoder:
                 "emulates it, ~16x slower than fp32 here (measured on an AVX2 AMD Zen 3); use precision 'fp32'"
             )
 
-        with torch_threads(p.num_threads), contextlib.ExitStack() as global_rng:
+        keep = p.num_threads if p.num_threads is not None or threads is None else torch.get_num_threads()
+        with torch_threads(keep), contextlib.ExitStack() as global_rng:
             encoder = FeatureEncoder.fit(
                 train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories
             )
@@ -218,7 +230,9 @@ class DFPAutoencoder:
                 generator.manual_seed(p.seed)
             else:
                 generator.seed()
-            facts = train_network(network, train, val, p, device, generator, progress=progress)
+            facts = train_network(network, train, val, p, device, generator, progress=progress, threads=threads)
+            if threads is not None:
+                set_threads(threads())
             stats = loss_statistics(network, train, p.eval_batch_size, device, p.precision)
 
         self.encoder, self.network, self.device = encoder, network, device

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +71,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` intra-op threads in this thread from now on (no-op when already so)."""
+    if n >= 1 and n != torch.get_num_threads():
+        torch.set_num_threads(n)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -236,8 +242,13 @@ def train_network(
     device: torch.device,
     generator: torch.Generator,
     progress: bool = False,
+    threads: Callable[[], int] | None = None,
 ) -> dict:
     """Train ``network`` in place; return the per-epoch facts for the TrainingReport.
+
+    ``threads``, when given, is asked before every epoch how many intra-op threads to use:
+    an owner can widen a long fit once the CPUs around it fall idle (see
+    ``RayConfig.generic_threads_after_pool``). The caller restores the thread count.
 
     ``train``/``val`` must already be on ``device``. Early stopping follows Morpheus: stop after
     ``early_stopping_patience`` consecutive epochs whose validation loss rose over the previous
@@ -267,6 +278,8 @@ def train_network(
         epochs = bar
     network.train()
     for epoch in epochs:
+        if threads is not None:
+            set_threads(threads())
         running = torch.zeros((), dtype=torch.float64, device=device)
         order = torch.randperm(n_rows, generator=generator, device=device)
         for start in range(0, n_rows, batch):
