@@ -240,7 +240,10 @@ class RouterActor:
     def _widen_generic_when_pool_done(self, pending: list, generic_ref, fit_id: str,
                                       result: dict[str, Any]) -> list:
         """Wait for the pool's users; if the generic model is still fitting then, give its fit
-        the pool's CPUs (one thread each) for the rest of it, instead of letting them idle."""
+        the pool's CPUs (one thread each) for the rest of it, instead of letting them idle.
+        The message detail says when (seconds into the message) and to how many threads, or
+        None for both when it did not happen."""
+        result["generic_widened_at_s"] = result["generic_widened_threads"] = None
         threads = self.cfg.ray.generic_threads_after_pool
         if threads is None:
             threads = max(1, int(len(self.actors) * self.cfg.ray.num_cpus_per_actor))
@@ -259,8 +262,6 @@ class RouterActor:
                 result["generic_widened_at_s"] = round(time.perf_counter() - self._message_started, 3)
                 result["generic_widened_threads"] = granted
                 log.info("pool done: the generic model's fit continues on %d threads", granted)
-            else:
-                result["generic_widened_at_s"] = None
         return pending
 
     def _record_training(self, res: dict, result: dict[str, Any]) -> None:
