@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dfp_ray.datagen import DatagenConfig, generate  # noqa: E402
+from dfp_ray.tools.datagen import DatagenConfig, generate  # noqa: E402
 
 
 def _peak_rss_mib() -> float:

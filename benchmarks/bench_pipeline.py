@@ -37,8 +37,8 @@ TARGET_EVENTS_PER_S = 30_000
 def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int, events: float | None,
               extra: dict, repeat: int) -> dict:
     from dfp_ray.config import load_config, overrides_from_strings
-    from dfp_ray.datagen import DatagenConfig, generate
     from dfp_ray.runner import Pipeline, run
+    from dfp_ray.tools.datagen import DatagenConfig, generate
 
     kw = {"out": str(work / "data"), "sources": [args.source], "users": users,
           "train_days": train_days, "infer_days": infer_days, "seed": 11}
@@ -57,15 +57,15 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
     finally:
         pipe.shutdown()
     cold, best = runs[0], min(runs, key=lambda r: r.seconds)
-    stages = best.messages_detail[0].get("stage_seconds", {})
+    stages = best.messages_detail[0].stage_seconds
     return {
         "users": users, "days": train_days + infer_days, "train_rows": train.rows,
         "train_s": round(train.seconds, 2), "models": train.users_trained,
-        "train_load_s": round(train.messages_detail[0].get("stage_seconds", {}).get("load", 0.0), 2),
+        "train_load_s": round(train.messages_detail[0].stage_seconds.load, 2),
         "infer_events": best.rows_scored, "infer_cold_s": round(cold.seconds, 3),
         "infer_s": round(best.seconds, 3), "events_per_s": round(best.rows_scored / best.seconds),
         "cold_events_per_s": round(cold.rows_scored / cold.seconds),
-        "infer_load_s": round(stages.get("load", 0.0), 3), "infer_score_s": round(stages.get("infer", 0.0), 3),
+        "infer_load_s": round(stages.load, 3), "infer_score_s": round(stages.infer, 3),
         "detections": best.detections,
     }
 

@@ -29,9 +29,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder  # noqa: E402
-from dfp_ray.datagen import DatagenConfig, generate  # noqa: E402
-from dfp_ray.evaluation import evaluate, meets_quality_bar  # noqa: E402
-from dfp_ray.schema import frame_from_records, load_schema  # noqa: E402
+from dfp_ray.pipeline.data_prep import frame_from_records  # noqa: E402
+from dfp_ray.schemas import load_schema
+from dfp_ray.tools.datagen import DatagenConfig, generate  # noqa: E402
+from dfp_ray.tools.evaluation import evaluate, meets_quality_bar  # noqa: E402
 
 
 def load_window(folder: str, schema) -> pd.DataFrame:

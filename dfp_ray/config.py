@@ -16,7 +16,6 @@ from dfp_ray.autoencoder.params import AutoencoderParams
 from dfp_ray.yaml_config import ConfigError, parse_override, read_yaml, set_dotted, validate_model
 
 TrainUsers = Literal["all", "generic", "individual", "none"]
-GENERIC_USER = "generic_user"
 DEFAULT_STATE_DIR = ".dfp_ray"
 
 
@@ -80,9 +79,6 @@ class RayConfig(_Strict):
         1024, ge=1, description="Loaded models kept per user actor (LRU, ~2.5 MB each with the default "
         "layers). Keep it above the users an actor owns, or inference reloads models from the registry.",
     )
-    max_in_flight: int = Field(
-        0, ge=0, description="User tasks outstanding at once (backpressure). 0 = 2 x pool size."
-    )
     generic_actor: bool = Field(
         True, description="CPU pools: train the generic model on an actor of its own beside the pool (it "
         "owns generic_user and no individual user, and reserves no CPU). The generic model sees every row "
@@ -104,7 +100,8 @@ class RayConfig(_Strict):
         8, ge=1, description="Loading: fewest files per parallel chunk (smaller batches load in one piece).",
     )
     users_per_call: int = Field(
-        512, ge=1, description="Inference: users sent to a user actor in one call (one frame)."
+        512, ge=1, description="Inference: users an owner scores (and hands to the sink) at once; "
+        "bounds the memory of one scoring call.",
     )
     message_timeout_s: float | None = Field(
         None, gt=0, description="Give up on a control message after this many seconds (None = no limit)."
@@ -205,7 +202,6 @@ __all__ = [
     "ConfigError",
     "DFPConfig",
     "DetectionConfig",
-    "GENERIC_USER",
     "MLflowConfig",
     "OutputConfig",
     "RayConfig",

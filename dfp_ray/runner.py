@@ -16,58 +16,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from dfp_ray.config import DFPConfig
 from dfp_ray.messages import ControlMessage, DeadLetterWriter, Rejection, parse_control_messages
-from dfp_ray.schema import SourceSchema, load_schema
+from dfp_ray.results import MessageResult, Progress, RunSummary
+from dfp_ray.schemas import SourceSchema, load_schema
 
 log = logging.getLogger(__name__)
-
-
-class RunSummary(BaseModel):
-    messages: int = 0
-    rejected: int = 0
-    files: int = 0
-    rows: int = 0
-    users_trained: int = 0
-    users_skipped: int = 0
-    users_scored: int = 0
-    users_without_model: int = 0
-    rows_scored: int = 0
-    detections: int = 0
-    seconds: float = 0.0
-    detections_path: str | None = None
-    scores_path: str | None = None
-    dead_letter_path: str | None = None
-    rejections: list[dict[str, Any]] = Field(default_factory=list)
-    messages_detail: list[dict[str, Any]] = Field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.rejected == 0
-
-    def table(self) -> str:
-        rows = [
-            ("messages processed", self.messages), ("messages rejected", self.rejected),
-            ("files loaded", self.files), ("rows loaded", self.rows),
-            ("users trained", self.users_trained), ("users skipped (too few rows)", self.users_skipped),
-            ("users scored", self.users_scored), ("users without a model", self.users_without_model),
-            ("rows scored", self.rows_scored),
-            ("detections", self.detections), ("wall time (s)", f"{self.seconds:.1f}"),
-        ]
-        if self.detections_path:
-            rows.append(("detections file", self.detections_path))
-        if self.scores_path:
-            rows.append(("scores file", self.scores_path))
-        if self.rejected:
-            rows.append(("dead letters", self.dead_letter_path))
-        width = max(len(k) for k, _ in rows)
-        lines = ["Run summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows]
-        for r in self.rejections:
-            field = f" [{r.get('field')}]" if r.get("field") else ""
-            lines.append(f"REJECTED {r['message_id']}{field}: {r['reason']}")
-        return "\n".join(lines)
 
 
 def init_ray(address: str | None, *, quiet: bool = True) -> None:
@@ -128,35 +82,34 @@ class Pipeline:
         gpus = int(resources.get("GPU", 0))
         n = cfg.ray.num_user_actors or (gpus if gpus and cfg.ray.num_gpus_per_actor else
                                         max(1, int(resources.get("CPU", 1))))
-        cfg_d = cfg.model_dump(mode="json", by_alias=True)
-        schema_d = self.schema.model_dump(mode="json")
         opts = {"num_cpus": cfg.ray.num_cpus_per_actor, "max_concurrency": cfg.ray.actor_concurrency}
         if cfg.ray.num_gpus_per_actor:
             opts["num_gpus"] = cfg.ray.num_gpus_per_actor
-        self.user_actors = [UserActor.options(**opts).remote(cfg_d, schema_d, i) for i in range(n)]
+        self.user_actors = [UserActor.options(**opts).remote(cfg, self.schema, i) for i in range(n)]
         # The generic model's own actor (CPU pools; see RayConfig.generic_actor). Index n: it
         # owns generic_user only. No CPU reserved: it runs beside the pool, not instead of it.
         self.generic_actor = None
         if cfg.ray.generic_actor and not cfg.ray.num_gpus_per_actor and cfg.train_users in ("all", "generic"):
             # two calls at once: the router's widen_fit arrives while train runs
-            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2).remote(cfg_d, schema_d, n)
-        self.sink = SinkActor.remote(cfg_d)
-        self.router = RouterActor.remote(cfg_d, schema_d, self.user_actors, self.sink, self.generic_actor)
+            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2).remote(cfg, self.schema, n)
+        self.sink = SinkActor.remote(cfg)
+        self.router = RouterActor.remote(cfg, self.schema, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
         ray.get([a.warm_up.remote() for a in self._actors()])
 
     def _actors(self) -> list:
         return [*self.user_actors, *([self.generic_actor] if self.generic_actor is not None else [])]
 
-    def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[dict[str, Any]]:
-
+    def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[MessageResult]:
+        """Run messages one after another (a training message finishes before the inference
+        message after it); each result arrives once its work is durable."""
         results = []
         for msg in messages:
-            ref = self.router.process.remote(msg.model_dump(mode="json"))
+            ref = self.router.process.remote(msg)
             results.append(self._wait_with_progress(ref, msg, progress))
         return results
 
-    def _wait_with_progress(self, ref, msg: ControlMessage, progress: bool) -> dict[str, Any]:
+    def _wait_with_progress(self, ref, msg: ControlMessage, progress: bool) -> MessageResult:
         import ray
         from tqdm import tqdm
 
@@ -181,20 +134,20 @@ class Pipeline:
         return ray.get(ref)
 
     @staticmethod
-    def _draw(bars: dict, state: dict, msg: ControlMessage) -> None:
+    def _draw(bars: dict, state: Progress, msg: ControlMessage) -> None:
         from tqdm import tqdm
 
-        if state["files_total"]:
-            bar = bars.setdefault("load", tqdm(total=state["files_total"], desc=f"load  {msg.message_id}",
+        if state.files_total:
+            bar = bars.setdefault("load", tqdm(total=state.files_total, desc=f"load  {msg.message_id}",
                                                unit="file", leave=False))
-            bar.n = state["files_loaded"]
+            bar.n = state.files_loaded
             bar.refresh()
-        if state["users_total"]:
-            label = "train" if state["kind"] == "training" else "infer"
-            bar = bars.setdefault(label, tqdm(total=state["users_total"], desc=f"{label} {msg.message_id}",
+        if state.users_total:
+            label = "train" if state.kind == "training" else "infer"
+            bar = bars.setdefault(label, tqdm(total=state.users_total, desc=f"{label} {msg.message_id}",
                                               unit="user", leave=False))
-            bar.total = state["users_total"]
-            bar.n = state["users_done"]
+            bar.total = state.users_total
+            bar.n = state.users_done
             bar.refresh()
 
     def output_paths(self) -> dict:
@@ -239,23 +192,13 @@ def run(
             pipe.shutdown()
     for rej in rejections:
         dead.write(rej)
-        summary.rejections.append(rej.model_dump(mode="json"))
+        summary.rejections.append(rej)
     for res in results:
-        if res["rejection"]:
-            rej = Rejection.model_validate(res["rejection"])
-            dead.write(rej)
-            summary.rejections.append(rej.model_dump(mode="json"))
-        summary.files += res["files"]
-        summary.rows += res["rows"]
-        summary.users_trained += len(res["trained"])
-        summary.users_skipped += len(res["skipped_users"])
-        summary.users_scored += sum(1 for r in res["inferred"] if not r.get("error"))
-        summary.users_without_model += sum(1 for r in res["inferred"] if r.get("error"))
-        for err in res["errors"]:
-            log.warning("%s: %s", res["message_id"], err)
-        summary.rows_scored += res["scored"]
-        summary.detections += res["detections"]
-        summary.messages_detail.append(res)
+        if res.rejection is not None:
+            dead.write(res.rejection)
+        for err in res.errors:
+            log.warning("%s: %s", res.message_id, err)
+        summary.add(res)
     summary.messages = len(messages) + len(rejections)
     summary.rejected = len(summary.rejections)
     summary.detections_path = paths["detections"]

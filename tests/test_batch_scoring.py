@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder
-from dfp_ray.batch_scoring import score_groups
-from dfp_ray.datagen import DatagenConfig, generate
-from dfp_ray.files import expand_globs
-from dfp_ray.loading import read_and_map
-from dfp_ray.schema import load_schema, prepare_features
+from dfp_ray.pipeline.data_prep import prepare_features
+from dfp_ray.pipeline.file_to_df import read_and_map
+from dfp_ray.pipeline.fsspec_loader import expand_globs
+from dfp_ray.pipeline.inference import score_groups
+from dfp_ray.schemas import load_schema
+from dfp_ray.tools.datagen import DatagenConfig, generate
 
 SMALL = AutoencoderParams(encoder_layers=[32, 16], decoder_layers=[32], epochs=3, seed=5, device="cpu")
 

@@ -8,7 +8,7 @@ import pytest
 
 from dfp_ray.autoencoder import AutoencoderParams
 from dfp_ray.config import DFPConfig, load_config, overrides_from_strings
-from dfp_ray.schema import load_schema
+from dfp_ray.schemas import load_schema
 from dfp_ray.yaml_config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -18,9 +18,10 @@ import pytest
 from pydantic import ValidationError
 
 from dfp_ray.cli import main as cli_main
-from dfp_ray.datagen import ANOMALY_KINDS, GROUND_TRUTH_COLUMNS, DatagenConfig, generate
 from dfp_ray.messages import parse_control_messages
-from dfp_ray.schema import frame_from_records, load_schema
+from dfp_ray.pipeline.data_prep import frame_from_records
+from dfp_ray.schemas import load_schema
+from dfp_ray.tools.datagen import ANOMALY_KINDS, GROUND_TRUTH_COLUMNS, DatagenConfig, generate
 
 SMALL = dict(users=10, train_days=4, infer_days=2, events_per_user_per_day=5.0)
 FILE_RE = {
@@ -259,8 +260,8 @@ def test_config_rejects_bad_options_with_reasons():
 
 
 def test_attacked_users_are_distinct_and_kinds_come_round_robin():
-    from dfp_ray.datagen.anomalies import plan_victims
-    from dfp_ray.datagen.users import build_population
+    from dfp_ray.tools.datagen.anomalies import plan_victims
+    from dfp_ray.tools.datagen.users import build_population
 
     config = DatagenConfig(out="x", users=40, anomaly_users=20, seed=9)
     plan = plan_victims(config, build_population(config), stream=1)

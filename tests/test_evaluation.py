@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfp_ray.evaluation import (
+from dfp_ray.tools.evaluation import (
     EvaluationResult,
     evaluate,
     format_evaluation,

@@ -22,10 +22,10 @@ from dfp_ray.messages import (
     Rejection,
     TaskType,
     TrainingTask,
-    filter_messages,
     parse_control_messages,
     parse_period,
 )
+from dfp_ray.pipeline.control_message_filter import filter_messages
 
 # ---------------------------------------------------------------------------------------------
 # Morpheus's example message shapes (written as Morpheus's files are: tabs, "properties": {})

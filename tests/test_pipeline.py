@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 
 from dfp_ray.cli import main as cli_main
-from dfp_ray.config import GENERIC_USER, load_config
-from dfp_ray.datagen import DatagenConfig, generate
+from dfp_ray.config import load_config
+from dfp_ray.pipeline.split_users import owner_index
 from dfp_ray.registry import ModelRegistry, registered_model_name
+from dfp_ray.registry.names import GENERIC_LABEL
 from dfp_ray.runner import Pipeline, run
-from dfp_ray.users import owner_index
+from dfp_ray.tools.datagen import DatagenConfig, generate
 
 SMALL_AE = {
     "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
@@ -58,12 +59,14 @@ def trained(ray_session, data, tmp_path_factory):
 def test_training_registers_one_model_per_user_plus_generic(trained, data):
     cfg, train, _ = trained
     assert train.ok, train.rejections
-    users = set(pd.read_csv(data / "duo" / "ground_truth.csv")["username"]) | {GENERIC_USER}
+    users = set(pd.read_csv(data / "duo" / "ground_truth.csv")["username"]) | {GENERIC_LABEL}
     registry = ModelRegistry.from_config(cfg)
-    trained_users = {r["user"] for d in train.messages_detail for r in d["trained"]}
-    assert users <= trained_users
-    assert train.users_trained == len(trained_users) == 7  # 6 users + generic
-    for user in trained_users:
+    trained = [r for d in train.messages_detail for r in d.trained]
+    assert users <= {r.user for r in trained}
+    assert train.users_trained == len(trained) == 7  # 6 users + generic
+    assert [r.user for r in trained if r.generic] == [GENERIC_LABEL]
+    for r in trained:
+        user = None if r.generic else r.user
         ref = registry.latest("duo", user)
         assert ref is not None and ref.name == registered_model_name("duo", user)
         assert ref.version == "1"
@@ -92,11 +95,11 @@ def test_inference_writes_detections_with_reference_columns(trained):
 def test_each_users_rows_went_to_one_actor(trained):
     _, train, infer = trained
     for detail in train.messages_detail + infer.messages_detail:
-        for r in detail["trained"] + detail["inferred"]:
-            if r["user"] == GENERIC_USER:  # owned by an actor of its own, beside the pool of 2
-                assert r["worker"] == 2
+        for r in detail.trained + detail.inferred:
+            if getattr(r, "generic", False):  # trained on an actor of its own, beside the pool of 2
+                assert r.worker == 2
                 continue
-            assert r["worker"] == owner_index(r["user"], 2)
+            assert r.worker == owner_index(r.user, 2)
 
 
 def test_parallel_loading_and_detections_only_output_match_the_reference_run(trained, data, tmp_path):
@@ -110,7 +113,7 @@ def test_parallel_loading_and_detections_only_output_match_the_reference_run(tra
         again = make_cfg(tmp_path, state_dir=cfg.state_dir, **{"output.directory": str(tmp_path / f"out{i}"), **extra})
         summary = run(again, [str(msgs / "duo_payload_inference.json")], progress=False)
         assert summary.ok and summary.rows_scored == reference.rows_scored
-        assert summary.messages_detail[0]["stage_seconds"]["load"] > 0
+        assert summary.messages_detail[0].stage_seconds.load > 0
         detections = pd.read_csv(summary.detections_path, dtype={"event_id": str}).drop(columns="event_time")
         expected = ref_scores[ref_scores["mean_abs_z"] > 2.0]
         assert summary.detections == len(expected) == len(detections)
@@ -135,7 +138,7 @@ def test_inference_falls_back_to_generic_model(ray_session, data, tmp_path):
     pipe.shutdown()
     scores = pd.read_csv(infer.scores_path)
     assert len(scores) > 0
-    assert set(scores["model_version"]) == {registered_model_name("duo", GENERIC_USER) + ":1"}
+    assert set(scores["model_version"]) == {registered_model_name("duo", None) + ":1"}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
@@ -150,20 +153,20 @@ def test_generic_fit_widens_to_the_pools_cpus_once_the_pool_is_done(ray_session,
     finally:
         pipe.shutdown()
     detail = train.messages_detail[0]
-    (generic,) = detail["trained"]
-    assert generic["user"] == GENERIC_USER and generic["epochs_run"] == 300
-    assert detail["generic_widened_at_s"] is not None
-    assert detail["generic_widened_threads"] == 2, detail
-    assert generic["fit_threads"] == 2, (detail["generic_widened_at_s"], generic)
+    (generic,) = detail.trained
+    assert generic.generic and generic.user == GENERIC_LABEL and generic.epochs_run == 300
+    assert detail.generic_widened_at_s is not None
+    assert detail.generic_widened_threads == 2, detail
+    assert generic.fit_threads == 2, (detail.generic_widened_at_s, generic)
 
 
 def test_widen_requests_apply_to_their_own_fit_only(data, tmp_path):
-    from dfp_ray.loading import load_files
-    from dfp_ray.schema import load_schema, map_fields
-    from dfp_ray.user_work import UserWorker
+    from dfp_ray.controllers.user import UserController
+    from dfp_ray.pipeline.file_to_df import load_files
+    from dfp_ray.schemas import load_schema, map_fields
 
     schema = load_schema("duo")
-    worker = UserWorker(make_cfg(tmp_path), schema, threads=1)
+    worker = UserController(make_cfg(tmp_path), schema, threads=1)
     cpus = len(os.sched_getaffinity(0))
     assert worker.widen_fit(10_000, "a") == cpus  # capped by this process's CPUs
     assert worker.widen_fit(0, "b") == 1
@@ -207,7 +210,7 @@ def test_bad_messages_go_to_dead_letters_and_the_rest_runs(ray_session, data, tm
     assert all(d["message_id"].startswith("mixed.json") for d in dead)
     # ... but the good message still trained its models.
     cfg = make_cfg(tmp_path)
-    assert ModelRegistry.from_config(cfg).latest("duo", GENERIC_USER) is not None
+    assert ModelRegistry.from_config(cfg).latest("duo", None) is not None
 
 
 def test_invalid_config_names_file_and_field(tmp_path, capsys):
@@ -225,16 +228,16 @@ def test_streaming_training_goes_through_the_rolling_window(ray_session, data, t
     summary = run(cfg, [str(data / "control_messages" / "duo_streaming_training.json")], progress=False)
     assert summary.ok, summary.rejections
     detail = summary.messages_detail[0]
-    trained = detail["trained"]
+    trained = detail.trained
     assert trained, "some users reach the window thresholds"
-    assert all(r["rows"] >= 20 for r in trained)
+    assert all(r.rows >= 20 for r in trained)
     # Users are not retrained on every daily batch: most batches only fill the window.
-    assert any("rolling window holds" in r["reason"] for r in detail["skipped_users"])
+    assert any("rolling window holds" in r.reason for r in detail.skipped_users)
     windows = list((tmp_path / "state" / "windows" / "duo").glob("*.parquet"))
     assert len(windows) == 7  # 6 users + generic, checkpointed for a restart
     registry = ModelRegistry.from_config(cfg)
     for r in trained:
-        assert registry.latest("duo", r["user"]) is not None
+        assert registry.latest("duo", None if r.generic else r.user) is not None
 
 
 @pytest.mark.s3
@@ -262,7 +265,7 @@ def test_s3_globs_load_like_local_files(ray_session, data, tmp_path):
     assert summary.files == len(local_files)
     local_rows = sum(len(json.loads(p.read_text())) for p in local_files)
     assert summary.rows == local_rows
-    assert ModelRegistry.from_config(cfg).latest("duo", GENERIC_USER) is not None
+    assert ModelRegistry.from_config(cfg).latest("duo", None) is not None
 
 
 def test_inference_without_any_model_reports_users_and_keeps_going(ray_session, data, tmp_path):
@@ -272,8 +275,8 @@ def test_inference_without_any_model_reports_users_and_keeps_going(ray_session, 
     summary = run(cfg, [str(msgs / "duo_payload_inference.json")], pipeline=pipe, progress=False)
     assert summary.ok  # the message itself was fine
     assert summary.users_scored == 0 and summary.users_without_model == 6
-    assert "no model registered for user" in summary.messages_detail[0]["errors"][0]
-    assert summary.messages_detail[0]["errors"][0].startswith("NoModelError")
+    assert "no model registered for user" in summary.messages_detail[0].errors[0]
+    assert summary.messages_detail[0].errors[0].startswith("NoModelError")
     assert "users without a model" in summary.table()
     # Every actor now caches "no model"; a generic training must make the fallback visible at once,
     # not after mlflow.refresh_seconds.
@@ -304,8 +307,8 @@ def test_loaded_batches_are_cached_and_a_changed_file_is_reread(ray_session, dat
     victim.write_text(json.dumps(records[:1]))  # a changed file (size and mtime) must be re-read
     third = run(cfg, [str(message)], pipeline=pipe, progress=False).messages_detail[0]
     pipe.shutdown()
-    assert first["files_from_cache"] == 0
-    assert second["files_from_cache"] == second["files"] == first["files"]
-    assert second["rows"] == first["rows"]
-    assert third["files_from_cache"] == 0
-    assert third["rows"] == first["rows"] - (len(records) - 1)
+    assert first.files_from_cache == 0
+    assert second.files_from_cache == second.files == first.files
+    assert second.rows == first.rows
+    assert third.files_from_cache == 0
+    assert third.rows == first.rows - (len(records) - 1)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from mlflow_server import MlflowServer
 
-from dfp_ray.config import GENERIC_USER, load_config
-from dfp_ray.datagen import DatagenConfig, generate
+from dfp_ray.config import load_config
 from dfp_ray.registry import ModelRegistry, registered_model_name
 from dfp_ray.runner import Pipeline, run
+from dfp_ray.tools.datagen import DatagenConfig, generate
 
 pytestmark = [pytest.mark.mlflow_server, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def test_train_and_infer_through_a_tracking_server(ray_session, server, tmp_path
 
     registry = ModelRegistry.from_config(cfg)
     users = set(pd.read_csv(data / "duo" / "ground_truth.csv")["username"])
-    for user in users | {GENERIC_USER}:
+    for user in [*users, None]:  # None: the generic model
         ref = registry.latest("duo", user)
         assert ref is not None and ref.name == registered_model_name("duo", user)
         assert registry.client.get_model_version_download_uri(ref.name, ref.version).startswith("mlflow-artifacts:")

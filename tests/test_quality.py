@@ -10,9 +10,15 @@ from __future__ import annotations
 import pytest
 
 from dfp_ray.config import load_config
-from dfp_ray.datagen import DatagenConfig, generate
-from dfp_ray.evaluation import evaluate, format_evaluation, load_ground_truth, load_scores, meets_quality_bar
 from dfp_ray.runner import Pipeline, run
+from dfp_ray.tools.datagen import DatagenConfig, generate
+from dfp_ray.tools.evaluation import (
+    evaluate,
+    format_evaluation,
+    load_ground_truth,
+    load_scores,
+    meets_quality_bar,
+)
 
 pytestmark = pytest.mark.slow
 

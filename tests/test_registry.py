@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder, TrainingReport
-from dfp_ray.config import GENERIC_USER, DFPConfig
+from dfp_ray.config import DFPConfig
+from dfp_ray.pipeline.data_prep import frame_from_records
 from dfp_ray.registry import (
     ModelCache,
     ModelLoadError,
@@ -30,9 +31,9 @@ from dfp_ray.registry import (
     RegistryUnavailableError,
     registered_model_name,
     safe_user_name,
-    score_raw_frame,
 )
-from dfp_ray.schema import frame_from_records, load_schema
+from dfp_ray.registry.signature import score_raw_frame
+from dfp_ray.schemas import load_schema
 
 DOTTED = "bob.smith@corp.com"
 
@@ -71,7 +72,7 @@ def train(seed: int, records: list[dict] | None = None) -> tuple[DFPAutoencoder,
     return model, model.fit(frame), frame
 
 
-def register(registry: ModelRegistry, user: str, trained, **kw) -> ModelRef:
+def register(registry: ModelRegistry, user: str | None, trained, **kw) -> ModelRef:
     model, report, frame = trained
     return registry.register(
         source="duo", user=user, model=model, report=report, schema=SCHEMA,
@@ -225,7 +226,7 @@ def test_artifacts_have_no_pickle_and_a_signature(registry, model_a, state_dir):
     names = {p.name for p in files}
     assert str(files[0]).startswith(str(state_dir / "mlartifacts"))
     assert not [p for p in files if p.suffix in (".pkl", ".pickle") or p.name == "python_model.pkl"]
-    assert {"model.safetensors", "model.json", "schema.yaml", "registry_pyfunc.py", "MLmodel"} <= names
+    assert {"model.safetensors", "model.json", "schema.yaml", "pyfunc.py", "MLmodel"} <= names
     mlmodel = yaml.safe_load(next(p for p in files if p.name == "MLmodel").read_text())
     pyfunc = mlmodel["flavors"]["python_function"]
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
@@ -269,7 +270,7 @@ def test_each_version_is_a_ready_logged_model_of_its_own_run(registry, model_a, 
 
 
 def test_dotted_user_is_found_under_its_own_name(registry, model_a, model_b):
-    generic = register(registry, GENERIC_USER, model_a)
+    generic = register(registry, None, model_a)
     dotted = register(registry, DOTTED, model_b)
     found = registry.latest("duo", DOTTED)
     assert found == dotted and found.name == registered_model_name("duo", DOTTED) != generic.name
@@ -440,3 +441,21 @@ def test_concurrent_registration_from_processes(tmp_path, registry, model_a):
     loaded = reg.load(reg.latest("duo", "shared.user"), device="cpu")
     frame = model_a[2]
     pd.testing.assert_frame_equal(loaded.score(frame), model.score(frame))
+
+
+def test_a_user_named_like_the_generic_model_cannot_replace_it(registry, state_dir, model_a, model_b):
+    """A user literally named ``generic_user`` (Morpheus's name for the fallback model) gets a
+    model of its own; the fallback that scores users without one stays the generic model."""
+    from dfp_ray.controllers.user import UserController
+
+    generic = register(registry, None, model_a)
+    impostor = register(registry, "generic_user", model_b)
+    assert generic.name == "DFP-duo-generic_user--all" != impostor.name == "DFP-duo-generic_user"
+    assert registry.latest("duo", None) == generic
+    assert registry.latest("duo", "generic_user") == impostor
+    assert registry.latest_many("duo", [None, "generic_user"]) == {None: generic, "generic_user": impostor}
+    controller = UserController(DFPConfig(state_dir=str(state_dir)), SCHEMA)
+    _, ref = controller.model_for("brand-new-user")
+    assert ref == generic  # a user without a model falls back to the generic one, not the impostor
+    _, ref = controller.model_for("generic_user")
+    assert ref == impostor

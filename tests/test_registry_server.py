@@ -9,8 +9,9 @@ from mlflow_server import MlflowServer
 from test_registry import DOTTED, SCHEMA, duo_records, mlflow_uri, register, train
 
 from dfp_ray.config import DFPConfig
-from dfp_ray.registry import ModelCache, ModelRegistry, registered_model_name, score_raw_frame
-from dfp_ray.schema import frame_from_records
+from dfp_ray.pipeline.data_prep import frame_from_records
+from dfp_ray.registry import ModelCache, ModelRegistry, registered_model_name
+from dfp_ray.registry.signature import score_raw_frame
 
 pytestmark = [pytest.mark.mlflow_server, pytest.mark.slow]
 

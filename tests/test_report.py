@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dfp_ray.cli import main
-from dfp_ray.report import top_contributing_features, write_html_report
+from dfp_ray.tools.report import top_contributing_features, write_html_report
 
 HOSTILE = "<script>alert('x')</script>"
 FEATURES = ["accessdevicebrowser", "reason", "logcount"]

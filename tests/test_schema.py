@@ -7,7 +7,8 @@ import textwrap
 import pandas as pd
 import pytest
 
-from dfp_ray.schema import SourceSchema, add_derived_features, frame_from_records, load_schema
+from dfp_ray.pipeline.data_prep import add_derived_features, frame_from_records
+from dfp_ray.schemas import SourceSchema, load_schema
 from dfp_ray.yaml_config import ConfigError
 
 

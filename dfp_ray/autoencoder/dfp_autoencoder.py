@@ -96,12 +96,24 @@ def _check_features(categorical: list[str], numeric: list[str], binary: list[str
 
 
 class DFPAutoencoder:
-    """Morpheus-compatible DFP autoencoder (REFERENCE A5), implemented from scratch in torch.
+    """Morpheus-compatible DFP autoencoder (see docs/autoencoder.md), implemented from scratch in torch.
 
-    >>> model = DFPAutoencoder(categorical=["reason"], numeric=["logcount"], binary=["result"])
-    >>> report = model.fit(train_df)            # rows in time order; the last 10% validate
-    >>> results = model.score(new_df)           # <f>_loss, <f>_z_loss, <f>_pred, max_abs_z, mean_abs_z
-    >>> model.save("models/alice"); DFPAutoencoder.load("models/alice")
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> from dfp_ray.autoencoder import AutoencoderParams
+    >>> rows = pd.DataFrame({"reason": ["user_approved", "user_approved", "invalid_passcode"] * 20,
+    ...                      "logcount": [float(i % 5) for i in range(60)], "result": [True, True, False] * 20})
+    >>> params = AutoencoderParams(encoder_layers=[8], decoder_layers=[8], epochs=2, device="cpu", seed=1)
+    >>> model = DFPAutoencoder(categorical=["reason"], numeric=["logcount"], binary=["result"], params=params)
+    >>> report = model.fit(rows)                 # rows in time order; the last 10% validate
+    >>> scores = model.score(rows.head(3))       # <f>_loss, <f>_z_loss, <f>_pred, max_abs_z, mean_abs_z
+    >>> sorted(c for c in scores.columns if c.startswith("reason"))
+    ['reason_loss', 'reason_pred', 'reason_z_loss']
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     model.save(d)
+    ...     again = DFPAutoencoder.load(d, device="cpu")
+    >>> bool((again.score(rows.head(3))["mean_abs_z"] == scores["mean_abs_z"]).all())
+    True
     """
 
     def __init__(

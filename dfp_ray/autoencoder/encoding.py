@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dfp_ray.schema import MISSING_CATEGORY  # one literal for "missing" across mapping and model
+from dfp_ray.schemas import MISSING_CATEGORY  # one literal for "missing" across mapping and model
 
 OTHER_LABEL = "_other"
 _TRUE_STRINGS = ["true", "t", "yes", "y", "1", "1.0"]

@@ -120,7 +120,7 @@ def _storage_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from dfp_ray.datagen import DatagenConfig, generate
+    from dfp_ray.tools.datagen import DatagenConfig, generate
 
     try:
         config = DatagenConfig(

@@ -36,17 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dfp_ray.config import load_config
-    from dfp_ray.datagen import DatagenConfig, generate
-    from dfp_ray.evaluation import (
+    from dfp_ray.runner import Pipeline, init_ray
+    from dfp_ray.runner import run as run_pipeline
+    from dfp_ray.tools.datagen import DatagenConfig, generate
+    from dfp_ray.tools.evaluation import (
         evaluate,
         format_evaluation,
         load_ground_truth,
         load_scores,
         meets_quality_bar,
     )
-    from dfp_ray.report import write_html_report
-    from dfp_ray.runner import Pipeline, init_ray
-    from dfp_ray.runner import run as run_pipeline
+    from dfp_ray.tools.report import write_html_report
 
     out = Path(args.out)
     if out.exists() and not args.keep:

@@ -82,14 +82,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfp_ray.evaluation import (
+    from dfp_ray.tools.evaluation import (
         evaluate,
         format_evaluation,
         load_ground_truth,
         load_scores,
         meets_quality_bar,
     )
-    from dfp_ray.report import write_html_report
+    from dfp_ray.tools.report import write_html_report
 
     if args.fail_below_bar and not args.ground_truth:
         print("dfp-ray report: --fail-below-bar needs --ground-truth to measure against", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""Data prep (Morpheus's ``DFPDataPrep``): derived per-user-per-day counters and feature dtypes.
+
+Runs on the frame that reaches it (a user's rows, or an actor's), as Morpheus does, so the
+counters see the whole of the user's day in that frame.
+"""
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from dfp_ray.schemas.mapping import SkipReport, flatten_any, map_fields
+from dfp_ray.schemas.model import MISSING_CATEGORY, SourceSchema
+
+log = logging.getLogger(__name__)
+
+
+def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+    """Sort by time and compute the per-user-per-UTC-day counters (vectorised groupby/cumsum).
+
+    ``running_count`` is the user's events so far that day starting at 0 (Morpheus's
+    ``logcount``); ``distinct_so_far`` is the number of distinct values so far that day,
+    starting at 1 (``locincrement``, ``appincrement``). Missing values count as one value.
+    """
+    user, time = schema.user_column, schema.time_column
+    df = df.sort_values(time, kind="stable").reset_index(drop=True)
+    if not schema.counters or df.empty:
+        for c in schema.counters:
+            df[c.name] = pd.Series(dtype="int64")
+        return df
+    day = df[time].dt.tz_convert("UTC").dt.floor(schema.counter_period) if schema.counter_period in (
+        "D", "h", "H", "min", "T"
+    ) else df[time].dt.tz_convert("UTC").dt.to_period(schema.counter_period).dt.start_time
+    keys = [df[user], day]
+    grouped = df.groupby(keys, sort=False, dropna=False)
+    for c in schema.counters:
+        if c.kind == "running_count":
+            df[c.name] = grouped.cumcount().astype("int64")
+        else:
+            values = df[c.column].astype(object).where(df[c.column].notna(), MISSING_CATEGORY)
+            first_seen = ~pd.DataFrame({"u": df[user], "d": day, "v": values}).duplicated()
+            df[c.name] = first_seen.astype("int64").groupby(keys, sort=False, dropna=False).cumsum()
+    return df
+
+
+def finalize_feature_types(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+    """Missing categorical values become the category 'nan'; binaries bool; numerics float."""
+    df = df.copy()
+    for col in schema.features.categorical:
+        df[col] = df[col].astype(object).where(df[col].notna(), MISSING_CATEGORY).astype(str)
+    for col in schema.features.binary:
+        df[col] = df[col].astype("boolean").fillna(False).astype(bool)
+    for col in schema.features.numeric:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    return df
+
+
+def frame_from_records(
+    records: list[dict] | pd.DataFrame, schema: SourceSchema, *, derive: bool = True
+) -> tuple[pd.DataFrame, SkipReport]:
+    """Raw records (dicts or a flattened frame) -> mapped, sorted frame with derived features.
+
+    ``derive=False`` stops after the field mapping (the pipeline derives counters later, on
+    the frame that reaches data preparation, as Morpheus does).
+    """
+    raw = flatten_any(records)
+    mapped, report = map_fields(raw, schema)
+    if derive:
+        mapped = finalize_feature_types(add_derived_features(mapped, schema), schema)
+    return mapped, report
+
+
+def prepare_features(mapped: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+    """Data preparation step: counters + feature dtypes on an already-mapped frame."""
+    return finalize_feature_types(add_derived_features(mapped, schema), schema)
+

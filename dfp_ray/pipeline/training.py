@@ -1,0 +1,42 @@
+"""Training (Morpheus's ``DFPTraining``): fit one autoencoder on one user's (or the generic model's) rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder, TrainingReport
+from dfp_ray.pipeline.data_prep import prepare_features
+from dfp_ray.pipeline.frames import PreparedFrame, UserFrame
+from dfp_ray.schemas import SourceSchema
+
+
+def too_few_rows(rows: int, min_rows: int) -> str | None:
+    """Why a frame is too small to train on, or None when it is not.
+
+    >>> too_few_rows(4, 10)
+    '4 rows < min_train_rows=10'
+    >>> too_few_rows(10, 10) is None
+    True
+    """
+    return f"{rows} rows < min_train_rows={min_rows}" if rows < min_rows else None
+
+
+def train_model(
+    frame: UserFrame,
+    schema: SourceSchema,
+    params: AutoencoderParams,
+    *,
+    threads: int | Callable[[], int] | None = None,
+) -> tuple[DFPAutoencoder, TrainingReport, PreparedFrame]:
+    """Data prep, then fit: ``(model, report, prepared rows)``.
+
+    ``threads`` is the fit's intra-op thread count, or a callable asked before every epoch
+    (how a running fit is widened, see :meth:`dfp_ray.controllers.user.UserController.widen_fit`).
+    """
+    prepared = prepare_features(frame, schema)
+    model = DFPAutoencoder(
+        categorical=schema.features.categorical, numeric=schema.features.numeric,
+        binary=schema.features.binary, params=params,
+    )
+    report = model.fit(prepared, threads=threads)
+    return model, report, prepared
