@@ -48,6 +48,8 @@ class LayerInfo:
     name: str
     kind: str
     channel_axis: ChannelAxis
+    is_output: bool = False
+    """The model's final output layer: selectable, but not fingerprinted by default (Keras)."""
 
 
 @dataclass
@@ -86,7 +88,13 @@ class LoadedModel(ABC):
 
     @property
     def layer_names(self) -> list[str]:
+        """Every layer that can be fingerprinted (chosen with ``layers=[...]``)."""
         return [info.name for info in self.layers]
+
+    @property
+    def default_layer_names(self) -> list[str]:
+        """The layers a fingerprint covers when none are chosen (all of them unless a framework says otherwise)."""
+        return [info.name for info in self.layers if not info.is_output]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

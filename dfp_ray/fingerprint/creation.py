@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +26,7 @@ from .artifact import Fingerprint
 from .autoencoders import reconstruction_rmse, train_autoencoder
 from .calibration import combine_scores, fit_normaliser, layer_scores, threshold_at
 from .config import FingerprintConfig
-from .datasets import DatasetSource, load_dataset
+from .datasets import DatasetSource, check_finite, load_dataset
 from .errors import FingerprintError
 from .loading import ModelSource, ModelType, load_model
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS_PER_SPLIT = 20
 STORED_PERCENTILES = (90.0, 95.0, 97.5, 99.0, 99.5)
+
+ProgressCallback = Callable[[str, float], None]
+"""``callback(stage, fraction_done)``: told what creation is doing (an HTTP job reports it)."""
 
 
 @dataclass
@@ -101,7 +105,12 @@ def _model_features(model: LoadedModel, x: np.ndarray, cfg: FingerprintConfig) -
         raise
     except Exception as exc:
         raise FingerprintError(_run_failure(exc, x, model)) from exc
-    names = list(cfg.layers) if cfg.layers else model.layer_names
+    names = list(cfg.layers) if cfg.layers else model.default_layer_names
+    if not names:
+        raise FingerprintError(
+            f"the model has no layers to fingerprint besides its output ({', '.join(model.layer_names)}); "
+            "choose layers explicitly (layers=[...], CLI --layers)"
+        )
     for name in names:
         model.layer(name)  # unknown names fail here, listing the valid ones
     probe = run_model_safely(model, x, names)
@@ -157,6 +166,7 @@ def create(
     allow_model_code: bool = False,
     dataset_key: str | None = None,
     config: FingerprintConfig | None = None,
+    progress_callback: ProgressCallback | None = None,
     **overrides: Any,
 ) -> Fingerprint:
     """Create a fingerprint of ``model`` (layered) or of the raw ``dataset`` (non-layered).
@@ -172,14 +182,25 @@ def create(
     the calibration rows normalise each layer's error and set the percentile thresholds
     (see :mod:`dfp_ray.fingerprint.calibration`), so in-distribution data scored at
     percentile ``p`` is flagged at about ``100 - p`` percent.
+
+    ``progress_callback(stage, fraction)`` is called as creation advances (loading, activations,
+    then once per layer autoencoder); it must be cheap and must not raise.
     """
     base = (config or FingerprintConfig()).model_dump()
     cfg = FingerprintConfig.model_validate({**base, **overrides})
+
+    def progress(stage: str, fraction: float) -> None:
+        if progress_callback is not None:
+            progress_callback(stage, fraction)
+
     device = resolve_device(cfg.device)
-    x = load_dataset(dataset, key=dataset_key)
+    progress("loading the dataset", 0.0)
+    x = check_finite(load_dataset(dataset, key=dataset_key))
     loaded: LoadedModel | None = None
     if model is not None:
+        progress("loading the model", 0.02)
         loaded = load_model(model, model_type, model_def=model_def, allow_model_code=allow_model_code, device=device)
+        progress("computing layer activations", 0.05)
         layers, input_shape = _model_features(loaded, x, cfg)
     else:
         if model_def is not None or model_type is not None:
@@ -194,6 +215,8 @@ def create(
     cal_scores = []
     bar = tqdm(layers, desc="fingerprint", disable=not cfg.progress, unit="layer")
     for index, layer in enumerate(bar):
+        progress(f"training the autoencoder of layer {layer.name} ({index + 1}/{len(layers)})",
+                 0.1 + 0.85 * index / len(layers))
         ae = train_autoencoder(
             layer.values[fit_idx],
             epochs=cfg.epochs,
@@ -266,4 +289,5 @@ def create(
     )
     fingerprint = Fingerprint(manifest=manifest, autoencoders=autoencoders)
     fingerprint.sync_files()
+    progress("done", 1.0)
     return fingerprint
