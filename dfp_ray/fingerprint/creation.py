@@ -78,7 +78,7 @@ def run_model_safely(model: LoadedModel, x: np.ndarray, names: list[str]) -> lis
     except FingerprintError:
         raise
     except Exception as exc:
-        raise FingerprintError(_run_failure(exc, x, model)) from exc
+        raise FingerprintError(_run_failure(exc, x, model), field="dataset") from exc
 
 
 def _run_failure(exc: Exception, x: np.ndarray, model: LoadedModel) -> str:
@@ -104,15 +104,19 @@ def _model_features(model: LoadedModel, x: np.ndarray, cfg: FingerprintConfig) -
     except FingerprintError:
         raise
     except Exception as exc:
-        raise FingerprintError(_run_failure(exc, x, model)) from exc
+        raise FingerprintError(_run_failure(exc, x, model), field="dataset") from exc
     names = list(cfg.layers) if cfg.layers else model.default_layer_names
     if not names:
         raise FingerprintError(
             f"the model has no layers to fingerprint besides its output ({', '.join(model.layer_names)}); "
-            "choose layers explicitly (layers=[...], CLI --layers)"
+            "choose layers explicitly (layers=[...], CLI --layers)",
+            field="layers",
         )
     for name in names:
-        model.layer(name)  # unknown names fail here, listing the valid ones
+        try:
+            model.layer(name)  # unknown names fail here, listing the valid ones
+        except FingerprintError as exc:
+            raise FingerprintError(str(exc), field="layers") from None
     probe = run_model_safely(model, x, names)
     layers = []
     for index, (name, out) in enumerate(zip(names, probe, strict=True)):
@@ -204,9 +208,11 @@ def create(
         layers, input_shape = _model_features(loaded, x, cfg)
     else:
         if model_def is not None or model_type is not None:
-            raise FingerprintError("model_type/model_def were given without a model")
+            raise FingerprintError("model_type/model_def were given without a model", field="model")
         if cfg.layers:
-            raise FingerprintError("layers can only be chosen for a layered fingerprint (one made with a model)")
+            raise FingerprintError(
+                "layers can only be chosen for a layered fingerprint (one made with a model)", field="layers"
+            )
         layers, input_shape = _raw_features(x, cfg), [int(s) for s in x.shape[1:]]
     fit_idx, cal_idx = split_rows(x.shape[0], cfg.calibration_fraction, cfg.seed)
 

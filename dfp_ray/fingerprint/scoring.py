@@ -17,7 +17,8 @@ from .errors import FingerprintError, FingerprintMismatchError
 from .loading import ModelSource, ModelType, load_model
 
 
-def _check_options(fp: Fingerprint, percentile: float, num_layers: int | None, activation_mapping: bool | None) -> None:
+def check_options(fp: Fingerprint, percentile: float, num_layers: int | None, activation_mapping: bool | None) -> None:
+    """The caller's statements about the fingerprint (num_layers, activation_mapping) must hold; percentile in range."""
     m = fp.manifest
     if not 0.0 < percentile < 100.0:
         raise FingerprintError(f"percentile must be between 0 and 100 (exclusive), got {percentile}", field="percentile")
@@ -112,7 +113,7 @@ def score(
     fp = load_fingerprint(fingerprint, key=key)
     m = fp.manifest
     pct = m.default_percentile if percentile is None else float(percentile)
-    _check_options(fp, pct, num_layers, activation_mapping)
+    check_options(fp, pct, num_layers, activation_mapping)
     dev = resolve_device(device)
     x = check_finite(load_dataset(dataset, key=dataset_key))
     if m.kind == "layered":
