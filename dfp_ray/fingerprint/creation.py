@@ -65,7 +65,8 @@ def split_rows(n: int, calibration_fraction: float, seed: int) -> tuple[np.ndarr
         need = math.ceil(MIN_ROWS_PER_SPLIT / min(calibration_fraction, 1 - calibration_fraction))
         raise FingerprintError(
             f"the dataset has {n} rows; with calibration_fraction={calibration_fraction} at least {need} are "
-            f"needed so that both the autoencoder and the calibration split get {MIN_ROWS_PER_SPLIT} rows"
+            f"needed so that both the autoencoder and the calibration split get {MIN_ROWS_PER_SPLIT} rows",
+            field="dataset",
         )
     order = np.random.default_rng([seed, 7919]).permutation(n)
     return np.sort(order[n_cal:]), np.sort(order[:n_cal])
