@@ -302,3 +302,13 @@ def test_cuda_scores_match_cpu(tiny_torch):
     on_gpu = nfp.score(fp_gpu, x[:50], out / "m.pt2", device="cuda")
     on_cpu = nfp.score(fp_gpu, x[:50], out / "m.pt2", device="cpu")
     np.testing.assert_allclose(on_gpu.sample_scores, on_cpu.sample_scores, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("d", [1, 10, 300, 5000])
+def test_expected_state_shapes_match_the_network(d):
+    """The archive reader checks weights against these shapes instead of building the network first."""
+    from dfp_ray.fingerprint.autoencoders import AutoencoderShape, LayerAutoencoder, expected_state_shapes
+
+    shape = AutoencoderShape.for_input(d)
+    actual = {name: tuple(t.shape) for name, t in LayerAutoencoder(shape).state_dict().items()}
+    assert expected_state_shapes(shape) == actual
