@@ -173,7 +173,10 @@ class JobRunner:
         self.store = JobStore(Path(cfg.dir))
         self.handlers: dict[str, Handler] = {}
         self._mine: dict[str, int] = {}  # job id -> generation this replica owns
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _mine
+        # Every read-modify-write of a record by this replica (job threads, heartbeats) holds this,
+        # so a heartbeat can never write back a state a job thread has just replaced.
+        self._io = threading.Lock()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="dfp-ray-job")
         self._thread: threading.Thread | None = None
@@ -231,15 +234,16 @@ class JobRunner:
 
     def _update(self, job_id: str, generation: int, **changes: Any) -> JobRecord | None:
         """Apply ``changes`` if this replica still owns the job (else it was taken over: stand down)."""
-        record = self.store.read(job_id)
-        if not self._owned(record, generation):
-            with self._lock:
-                self._mine.pop(job_id, None)
-            return None
-        assert record is not None
-        record = record.model_copy(update={**changes, "heartbeat_at": time.time()})
-        self.store.write(record)
-        return record
+        with self._io:
+            record = self.store.read(job_id)
+            if not self._owned(record, generation):
+                with self._lock:
+                    self._mine.pop(job_id, None)
+                return None
+            assert record is not None
+            record = record.model_copy(update={**changes, "heartbeat_at": time.time()})
+            self.store.write(record)
+            return record
 
     def _run(self, job_id: str, generation: int) -> None:
         try:
@@ -281,8 +285,11 @@ class JobRunner:
                                                       f"{error_id}); please report it", "field": None,
                                                       "code": "internal_error", "error_id": error_id})
                 return
-            if self._owned(self.store.read(job_id), generation):
-                self.store.write_result(job_id, out.data)
+            with self._io:
+                owned = self._owned(self.store.read(job_id), generation)
+                if owned:
+                    self.store.write_result(job_id, out.data)
+            if owned:
                 self._update(job_id, generation, state="done", stage="done", progress=1.0, finished_at=time.time(),
                              result_media_type=out.media_type, result_filename=out.filename,
                              result_headers=out.headers)
@@ -344,10 +351,12 @@ class JobRunner:
         with self._lock:
             mine = dict(self._mine)
         for job_id, generation in mine.items():
-            record = self.store.read(job_id)
-            if self._owned(record, generation) and record is not None and record.state in ACTIVE:
-                self.store.write(record.model_copy(update={"heartbeat_at": time.time()}))
-            elif not self._owned(record, generation):
+            with self._io:
+                record = self.store.read(job_id)
+                owned = self._owned(record, generation)
+                if owned and record is not None and record.state in ACTIVE:
+                    self.store.write(record.model_copy(update={"heartbeat_at": time.time()}))
+            if not owned:
                 with self._lock:
                     if self._mine.get(job_id) == generation:
                         del self._mine[job_id]
