@@ -193,6 +193,8 @@ def load_dataset(
         arr = source
     else:
         data = _read_source(source, max_bytes)
+        if not data:
+            raise FingerprintError("the dataset is empty (0 bytes)", field="dataset")
         try:
             if data.startswith(_NPY_MAGIC):
                 arr = _load_npy(data, max_bytes)

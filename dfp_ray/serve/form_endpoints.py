@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .app import AppState
@@ -63,12 +63,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def validate_fields(form: type[BaseModel], fields: dict[str, str]) -> dict[str, Any]:
+    """Text fields -> validated, JSON-ready params (stored as is in a job's record); 422 naming the first bad one."""
     try:
         return form.model_validate(fields).model_dump(mode="json")
-    except Exception as exc:  # pydantic.ValidationError
-        if hasattr(exc, "errors"):
-            raise from_validation_error(exc) from None  # type: ignore[arg-type]
-        raise
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
 
 
 async def run_form(
