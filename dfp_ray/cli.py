@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "dfp_ray.commands.datagen",
     "dfp_ray.commands.fingerprint",
     "dfp_ray.commands.report",
+    "dfp_ray.commands.publish",
 ]
 
 
