@@ -33,6 +33,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class Broker:
         self.workdir = Path(workdir or self._tmp.name)
         self.log_path = self.workdir / "tansu.log"
         self.process: subprocess.Popen | None = None
+        self._bucket_made = False
 
     def _command(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
@@ -122,13 +124,11 @@ class Broker:
     def start(self, timeout: float = 15.0) -> Broker:
         if self.process is not None and self.process.poll() is None:
             return self
-        if self.s3_endpoint:
-            import s3fs
-
-            fs = s3fs.S3FileSystem(key="testing", secret="testing",
-                                   client_kwargs={"endpoint_url": self.s3_endpoint})
-            if not fs.exists("tansu"):
-                fs.mkdir("tansu")
+        if self.s3_endpoint and not self._bucket_made:
+            # Create the bucket Tansu stores into (moto accepts an unsigned PUT; s3fs takes seconds to import).
+            request = urllib.request.Request(f"{self.s3_endpoint}/tansu", method="PUT")
+            with urllib.request.urlopen(request, timeout=10):
+                self._bucket_made = True
         log = open(self.log_path, "ab")  # a file, not a pipe nobody reads
         try:
             self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
@@ -145,18 +145,23 @@ class Broker:
         self.stop()
         raise RuntimeError(f"tansu did not answer on {self.bootstrap} within {timeout:.0f}s: {self.log_tail()}")
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (Tansu waits for open client connections)."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         try:
             os.kill(process.pid, signal.SIGTERM)
-            process.wait(timeout=timeout)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=timeout)
+            process.wait(timeout=10)
         except ProcessLookupError:
             pass
+
+    def kill(self) -> None:
+        """SIGKILL: the broker crashes (what it stored in S3 survives; memory storage does not)."""
+        self.stop(grace=0)
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -175,8 +180,11 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list:
     from kafka import KafkaConsumer, TopicPartition
 
     tp = TopicPartition(topic, 0)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5000,
+                             allow_auto_create_topics=False)
     try:
+        if topic not in consumer.topics():
+            return []
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         end = consumer.end_offsets([tp], timeout_ms=5000)[tp]
@@ -195,7 +203,7 @@ def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0)
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                             request_timeout_ms=5000)
+                             request_timeout_ms=5000, allow_auto_create_topics=False)
     try:
         return consumer.committed(TopicPartition(topic, partition), timeout_ms=5000)
     finally:

@@ -44,6 +44,25 @@ def make_producer(servers: list[str] | str, *, timeout_s: float, client_id: str 
     return KafkaProducer(**config)
 
 
+def close_producer(producer: Any, timeout_s: float) -> None:
+    """Close a producer within ``timeout_s``, also when records are still unacknowledged.
+
+    kafka-python's ``close()`` raises when its flush times out and leaves the producer open (it
+    then raises again when garbage-collected). Here the sender thread is told to drop what is
+    pending (whoever sent those records has already been told they failed) and the producer is
+    marked closed."""
+    from kafka.errors import KafkaError
+
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaError as exc:
+        log.debug("closing a producer with unacknowledged records: %s", exc)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True
+
+
 def ensure_topics(servers: list[str] | str, topics: Iterable[str], *, timeout_s: float,
                   partitions: int = 1) -> list[str]:
     """Create the topics that do not exist yet (``partitions`` each); returns those created."""

@@ -79,7 +79,7 @@ def publish_files(bootstrap_servers: str | list[str], topic: str, paths: list[st
                   validate: bool = True, key: str | None = None, create_topic: bool = True,
                   interval_s: float = 0.0, timeout_s: float = 30.0) -> list[Published]:
     """Send every input of every file to ``topic``, in order, each acknowledged before the next."""
-    from dfp_ray.streaming.clients import ensure_topics, make_producer, quiet_client_logs
+    from dfp_ray.streaming.clients import close_producer, ensure_topics, make_producer, quiet_client_logs
 
     quiet_client_logs()
     prepared = prepare_files(paths, validate=validate)
@@ -98,5 +98,5 @@ def publish_files(bootstrap_servers: str | list[str], topic: str, paths: list[st
                 meta = producer.send(topic, value=value, key=key.encode() if key else None).get(timeout=timeout_s)
                 sent.append(Published(name, index, meta.topic, meta.partition, meta.offset))
     finally:
-        producer.close(timeout=timeout_s)
+        close_producer(producer, timeout_s)
     return sent

@@ -124,7 +124,9 @@ class KafkaDetectionSink:
         return len(values)
 
     def close(self) -> None:
-        self.producer.close(timeout=self.flush_timeout_s)
+        from dfp_ray.streaming.clients import close_producer
+
+        close_producer(self.producer, self.flush_timeout_s)
 
     def __enter__(self) -> KafkaDetectionSink:
         return self

@@ -198,6 +198,7 @@ class KafkaControlSource:
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
+        self.stats.state = "connecting"
         try:
             self._connect()
             while not self._stop.is_set():
@@ -249,13 +250,15 @@ class KafkaControlSource:
     def _connect(self) -> None:
         from kafka import KafkaConsumer
 
-        from dfp_ray.streaming.clients import ensure_topics, make_producer
+        from dfp_ray.streaming.clients import close_producer, ensure_topics, make_producer
 
         cfg = self.cfg
         timeout_ms = int(self._timeout_s * 1000)
         dead_topics = {t: cfg.dead_letter_topic_for(t) for t in cfg.input_topics}
 
         def connect() -> None:
+            if not self._tcp_reachable():
+                raise ConnectionRefusedError("no bootstrap server accepts connections")
             if cfg.create_topics:
                 ensure_topics(cfg.servers, [*cfg.input_topics, *dead_topics.values()], timeout_s=self._timeout_s)
             producer = make_producer(cfg.servers, timeout_s=self._timeout_s, client_id=cfg.client_id)
@@ -265,13 +268,14 @@ class KafkaControlSource:
                 session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=cfg.max_poll_interval_ms, request_timeout_ms=max(timeout_ms, 1000),
                 bootstrap_timeout_ms=timeout_ms, reconnect_backoff_max_ms=2000,
+                allow_auto_create_topics=False,  # created above with one partition, or by the operator
             )
             if cfg.client_id:
                 consumer_kwargs["client_id"] = cfg.client_id
             try:
                 consumer = KafkaConsumer(**consumer_kwargs)
             except Exception:
-                producer.close(timeout=1)
+                close_producer(producer, 1.0)
                 raise
             consumer.subscribe(cfg.input_topics, listener=_AssignmentLog(self))
             self._producer, self._consumer = producer, consumer
@@ -290,19 +294,22 @@ class KafkaControlSource:
         self.stats.outages = self.broker.outages
         self.progress.update(self.stats, force=changed and self.progress.tty)
 
-    def _probe(self) -> bool:
-        """Do the brokers answer? (TCP to a bootstrap server, then the assigned partitions' end
-        offsets, which also give the lag.) Updates the broker state; never raises."""
-        reachable = False
+    def _tcp_reachable(self) -> bool:
+        """Does any bootstrap server accept a TCP connection? (Fails fast where the client would
+        wait a whole request timeout for a broker that is not there.)"""
         for server in self.cfg.servers:
             host, _, port = server.rpartition(":")
             try:
                 socket.create_connection((host.strip("[]"), int(port)), timeout=min(self._timeout_s, 2.0)).close()
-                reachable = True
-                break
+                return True
             except OSError:
                 continue
-        if not reachable:
+        return False
+
+    def _probe(self) -> bool:
+        """Do the brokers answer? (TCP to a bootstrap server, then the assigned partitions' end
+        offsets, which also give the lag.) Updates the broker state; never raises."""
+        if not self._tcp_reachable():
             self.broker.failed("no bootstrap server accepts connections", self.cfg.backoff_max_s)
             self._sync_state()
             return False
@@ -561,10 +568,9 @@ class KafkaControlSource:
             except Exception as exc:
                 log.debug("closing the consumer: %s", _describe(exc))
         if producer is not None:
-            try:
-                producer.close(timeout=self._timeout_s)
-            except Exception as exc:
-                log.debug("closing the producer: %s", _describe(exc))
+            from dfp_ray.streaming.clients import close_producer
+
+            close_producer(producer, self._timeout_s)
 
 
 class _AssignmentLog(ConsumerRebalanceListener):
