@@ -234,3 +234,20 @@ def test_pre_filtering_skips_messages_this_deployment_does_not_handle(kafka_brok
     assert (stats.skipped, stats.committed, stats.dead_lettered) == (2, 3, 0)
     assert read_topic(kafka_broker.bootstrap, "filtered.dlq") == []
     assert committed_offset(kafka_broker.bootstrap, "g-filtered", "filtered") == 3
+
+
+def test_a_message_longer_than_the_poll_interval_limit_keeps_the_consumer_in_its_group(kafka_broker, tmp_path,
+                                                                                         caplog):
+    doc = write_doc(tmp_path / "m.json", message("training", "data/a/*.json"), message("inference", "data/b/*.json"))
+    publish_files(kafka_broker.bootstrap, "long", [doc])
+
+    def slow(messages, attempt):
+        threading.Event().wait(4.0)  # well past max_poll_interval_ms below
+
+    handler = Recorder({0: slow})
+    with caplog.at_level(logging.INFO, logger="dfp_ray.streaming"):
+        stats = run_source(config(kafka_broker, "long", "g-long", stop_after=2, max_poll_interval_ms=1500), handler)
+    assert handler.attempts == {0: 1, 1: 1}  # nothing delivered twice
+    assert (stats.committed, stats.exit_code) == (2, 0)
+    assert committed_offset(kafka_broker.bootstrap, "g-long", "long") == 2
+    assert not any("could not commit" in r.getMessage() for r in caplog.records)

@@ -78,23 +78,34 @@ class KafkaDeadLetters:
 
     def send(self, rejections: list[Rejection], origin: MessageOrigin, value: bytes | None, *,
              stage: Stage) -> int:
-        """Send one dead letter per rejection; returns once all are acknowledged (raises otherwise)."""
+        """Send one dead letter per rejection; returns once all are acknowledged (raises otherwise).
+
+        A dead letter the broker refuses for good (e.g. too large for it) is sent again without
+        its value (``dfp.dlq.payload: omitted``): the reason and the original offset still arrive."""
+        from kafka.errors import KafkaError
+
         from dfp_ray.streaming.validation import rejected_input
 
-        futures = []
+        topic = self.topic_for(origin.topic)
+        pending = []
         for rejection in rejections:
-            single = rejected_input(value or b"", rejection, origin.id) if value is not None else None
+            single = rejected_input(value, rejection, origin.id) if value is not None else None
             if single is not None:
                 body, payload = single, "input"
             elif value is not None and len(value) <= self.max_value_bytes:
                 body, payload = value, "original"
             else:
                 body, payload = None, "omitted"
-            futures.append(self.producer.send(
-                self.topic_for(origin.topic), value=body, key=origin.key,
-                headers=dead_letter_headers(rejection, origin, stage=stage, payload=payload),
-            ))
-        for future in futures:
-            future.get(timeout=self.timeout_s)
-        self.sent += len(futures)
-        return len(futures)
+            future = self.producer.send(topic, value=body, key=origin.key,
+                                        headers=dead_letter_headers(rejection, origin, stage=stage, payload=payload))
+            pending.append((rejection, body, future))
+        for rejection, body, future in pending:
+            try:
+                future.get(timeout=self.timeout_s)
+            except KafkaError as exc:
+                if exc.retriable or body is None:
+                    raise
+                headers = dead_letter_headers(rejection, origin, stage=stage, payload="omitted")
+                self.producer.send(topic, value=None, key=origin.key, headers=headers).get(timeout=self.timeout_s)
+        self.sent += len(pending)
+        return len(pending)

@@ -93,12 +93,6 @@ class ProgressDisplay:
         self._last_log = time.monotonic()
         self._drawn = False
         self._filters: list[tuple[logging.Handler, _ClearLine]] = []
-        if self.tty:
-            for handler in logging.getLogger().handlers:
-                if getattr(handler, "stream", None) is self.stream:
-                    flt = _ClearLine(self)
-                    handler.addFilter(flt)
-                    self._filters.append((handler, flt))
 
     def rate(self, stats: StreamStats, now: float) -> float:
         """Events per second over the last ``window_s``."""
@@ -139,6 +133,12 @@ class ProgressDisplay:
         return text
 
     def _draw(self, text: str) -> None:
+        if not self._filters:  # log records written to the same terminal take the line down first
+            for handler in logging.getLogger().handlers:
+                if getattr(handler, "stream", None) is self.stream:
+                    flt = _ClearLine(self)
+                    handler.addFilter(flt)
+                    self._filters.append((handler, flt))
         self.stream.write("\r\x1b[K" + text)
         self.stream.flush()
         self._drawn = True

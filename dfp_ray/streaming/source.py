@@ -242,10 +242,18 @@ class KafkaControlSource:
                     deadline = deadline or time.monotonic() + self._timeout_s
                     if time.monotonic() >= deadline:
                         raise _Stop from None
-                self._backoff.wait(self._force if in_flight else self._stop)
+                self._wait_to_retry(in_flight, deadline)
                 continue
             self._backoff.reset()
             return result
+
+    def _wait_to_retry(self, in_flight: bool, deadline: float | None) -> None:
+        """The next backoff delay; shorter when stopping (never past ``deadline``); a forced stop
+        (or, when nothing is in flight, any stop) ends it at once."""
+        delay = self._backoff.next_delay()
+        if deadline is not None:
+            delay = max(0.0, min(delay, deadline - time.monotonic()))
+        (self._force if in_flight else self._stop).wait(delay)
 
     def _connect(self) -> None:
         from kafka import KafkaConsumer
@@ -261,7 +269,9 @@ class KafkaControlSource:
                 raise ConnectionRefusedError("no bootstrap server accepts connections")
             if cfg.create_topics:
                 ensure_topics(cfg.servers, [*cfg.input_topics, *dead_topics.values()], timeout_s=self._timeout_s)
-            producer = make_producer(cfg.servers, timeout_s=self._timeout_s, client_id=cfg.client_id)
+            # Room for the largest value a dead letter copies, plus its headers.
+            producer = make_producer(cfg.servers, timeout_s=self._timeout_s, client_id=cfg.client_id,
+                                     max_request_size=max(1_048_576, cfg.max_message_bytes + 65_536))
             consumer_kwargs: dict[str, Any] = dict(
                 bootstrap_servers=cfg.servers, group_id=cfg.group_id, enable_auto_commit=False,
                 auto_offset_reset=cfg.auto_offset_reset, max_poll_records=1,
@@ -465,17 +475,25 @@ class KafkaControlSource:
                 box["error"] = exc
 
         worker = threading.Thread(target=work, name=f"dfp-handler-{origin.offset}", daemon=True)
+        tick = min(0.5, max(0.05, self.cfg.poll_interval_s))
+        worker.start()
+        worker.join(timeout=tick)
+        if not worker.is_alive():  # a quick message: the consumer was never idle long enough to matter
+            return box.get("result"), box.get("error")
+        # A long one: pause the partitions (pausing drops what the client prefetched, so only now)
+        # and keep polling, which keeps the consumer in its group.
         consumer = self._consumer
         paused = list(consumer.assignment() or [])
         consumer.pause(*paused)
-        worker.start()
         try:
             while worker.is_alive():
-                worker.join(timeout=min(0.5, max(0.05, self.cfg.poll_interval_s)))
                 if self._force.is_set():
                     return None, None
                 self._keep_alive()
-                self.progress.update(self.stats)
+                self._refresh()  # broker state and lag stay current during a long message
+                worker.join(timeout=tick)
+            if self._force.is_set():
+                return None, None
         finally:
             try:
                 consumer.resume(*[tp for tp in paused if tp in (consumer.assignment() or set())])
@@ -533,7 +551,7 @@ class KafkaControlSource:
                     if time.monotonic() >= deadline:
                         self._left_uncommitted(origin)
                         return False
-                self._backoff.wait(self._force)
+                self._wait_to_retry(True, deadline)
                 continue
             self._backoff.reset()
             self.broker.ok()
