@@ -51,7 +51,7 @@ def test_command_line_options_override_the_config_file_and_unset_ones_leave_it()
     ("bootstrap_servers", "localhost", "HOST:PORT"),
     ("input_topics", ["bad topic"], "not a Kafka topic name"),
     ("input_topics", ["a", "a"], "listed twice"),
-    ("dead_letter_topic", "t", "must differ from the input topic"),
+    ("dead_letter_topic", "t", "is an input topic"),
     ("retry_backoff_max", "10ms", "must not exceed"),
 ])
 def test_config_errors_say_what_is_wrong(field, value, words):

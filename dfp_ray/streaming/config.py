@@ -167,8 +167,9 @@ class KafkaConfig(BaseModel):
     @model_validator(mode="after")
     def _check_dead_letters(self) -> KafkaConfig:
         for topic in self.input_topics:
-            if self.dead_letter_topic_for(topic) == topic:
-                raise ValueError(f"dead_letter_topic must differ from the input topic {topic!r}")
+            if self.dead_letter_topic_for(topic) in self.input_topics:
+                raise ValueError(f"dead_letter_topic for {topic!r} is an input topic: dead letters would be "
+                                 "read again; use another name, e.g. '{topic}.dlq'")
         if parse_duration(self.retry_backoff_initial) > parse_duration(self.retry_backoff_max):
             raise ValueError("retry_backoff_initial must not exceed retry_backoff_max")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
