@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "dfp_ray.commands.fingerprint",
     "dfp_ray.commands.serve",
     "dfp_ray.commands.report",
+    "dfp_ray.commands.publish",
 ]
 
 
