@@ -27,14 +27,14 @@ pytestmark = pytest.mark.slow
 
 SMALL_AE = {
     "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
-    "autoencoder.epochs": 12, "autoencoder.device": "cpu",
+    "autoencoder.epochs": 8, "autoencoder.device": "cpu",
 }
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    generate(DatagenConfig(out=str(out), sources=["duo"], users=8, train_days=6, infer_days=1,
+    generate(DatagenConfig(out=str(out), sources=["duo"], users=6, train_days=5, infer_days=1,
                            events_per_user_per_day=8, seed=11), progress=False)
     return out
 
@@ -117,8 +117,11 @@ def test_killing_a_user_actor_mid_run_loses_and_duplicates_nothing(ray_session, 
                                "metadata": {"data_type": "payload"}}))
     rejected = run(cfg, [str(bad)], progress=False)
     assert rejected.rejected == 1 and rejected.detections_path is None
-    trained_only = run(cfg, [files[0]], progress=False)
-    assert trained_only.ok and trained_only.detections_path is None
+    one_day = json.loads(Path(files[0]).read_text())
+    one_day["inputs"][0]["tasks"][0]["properties"]["files"] = [str(sorted((data / "duo" / "training").glob("*.json"))[0])]
+    (tmp / "one_day.json").write_text(json.dumps(one_day))
+    trained_only = run(make_cfg(tmp, train_users="generic"), [str(tmp / "one_day.json")], progress=False)
+    assert trained_only.ok and trained_only.users_trained == 1 and trained_only.detections_path is None
     assert Path(summary.detections_path).read_bytes() == published
 
 
@@ -214,7 +217,7 @@ def test_a_storage_that_never_answers_fails_the_message_by_default(ray_session, 
         server.close()
     (rejection,) = summary.rejections
     assert "cannot list 's3://stuck/logs/*.json'" in rejection.reason
-    assert elapsed < 150, elapsed
+    assert elapsed < 240, elapsed  # ~60 s on a quiet 2-core machine
 
 
 def test_bad_records_and_rows_outside_the_window_are_counted_in_the_summary(ray_session, data, tmp_path):
