@@ -17,18 +17,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from pipeline_helpers import small_config
 
-from dfp_ray.config import load_config
 from dfp_ray.registry import ModelRegistry
 from dfp_ray.runner import Pipeline, run
 from dfp_ray.tools.datagen import DatagenConfig, generate
 
 pytestmark = pytest.mark.slow
 
-SMALL_AE = {
-    "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
-    "autoencoder.epochs": 8, "autoencoder.device": "cpu",
-}
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +36,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def make_cfg(tmp: Path, **extra):
-    overrides = {"source": "duo", "state_dir": str(tmp / "state"), "output.directory": str(tmp / "out"),
-                 "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2,
-                 "ray.message_timeout_s": 300, "input.data_roots": [str(tmp.parent)], **SMALL_AE}
-    overrides.update(extra)
-    return load_config(None, overrides)
+    return small_config(tmp, **{"autoencoder.epochs": 8, **extra})  # fits long enough to kill one mid-way
 
 
 def read(path: str | None) -> pd.DataFrame:

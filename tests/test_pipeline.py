@@ -12,19 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pipeline_helpers import SMALL_AE, small_config
 
 from dfp_ray.cli import main as cli_main
-from dfp_ray.config import load_config
 from dfp_ray.pipeline.split_users import owner_index
 from dfp_ray.registry import ModelRegistry, registered_model_name
 from dfp_ray.registry.names import GENERIC_LABEL
 from dfp_ray.runner import Pipeline, run
 from dfp_ray.tools.datagen import DatagenConfig, generate
-
-SMALL_AE = {
-    "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
-    "autoencoder.epochs": 4, "autoencoder.device": "cpu",
-}
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +30,7 @@ def data(tmp_path_factory) -> Path:
     return out
 
 
-def make_cfg(tmp: Path, **extra):
-    overrides = {"source": "duo", "state_dir": str(tmp / "state"), "output.directory": str(tmp / "out"),
-                 "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2,
-                 "ray.message_timeout_s": 300, "input.data_roots": [str(tmp.parent)], **SMALL_AE}
-    overrides.update(extra)
-    return load_config(None, overrides)
+make_cfg = small_config
 
 
 @pytest.fixture(scope="module")
