@@ -110,7 +110,7 @@ def test_killing_a_user_actor_mid_run_loses_and_duplicates_nothing(ray_session, 
     rejected = run(cfg, [str(bad)], progress=False)
     assert rejected.rejected == 1 and rejected.detections_path is None
     one_day = json.loads(Path(files[0]).read_text())
-    one_day["inputs"][0]["tasks"][0]["properties"]["files"] = [str(sorted((data / "duo" / "training").glob("*.json"))[0])]
+    one_day["inputs"][0]["tasks"][0]["properties"]["files"] = [str(data / "duo" / "training" / "DUO_2022-08-0[12]T*.json")]  # two days: enough rows
     (tmp / "one_day.json").write_text(json.dumps(one_day))
     trained_only = run(make_cfg(tmp, train_users="generic"), [str(tmp / "one_day.json")], progress=False)
     assert trained_only.ok and trained_only.users_trained == 1 and trained_only.detections_path is None
