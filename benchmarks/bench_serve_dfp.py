@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         from dfp_ray.serve.config import resolved
 
         service = resolved(cfg).dfp
+        from dfp_ray.serve.dfp_scorer import freeze_heap
+
+        freeze_heap()  # as the replicas do when they start (see its docstring)
         profile = stage_profile(service, reg.inference_records)
         results["stage_cpu_ms"] = profile
         print("\nwhere the time goes (in-process, CPU ms per scoring call):")

@@ -20,7 +20,7 @@ import pandas as pd
 from ray import serve
 
 from .config import DfpServiceConfig
-from .dfp_scorer import Scorer
+from .dfp_scorer import Scorer, freeze_heap
 from .dfp_scoring import UserSlot
 
 DEPLOYMENT_NAME = "dfp_scorer"
@@ -44,6 +44,9 @@ class DfpScorer:
 
         self.scorer.multiplexed = serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)(load_user)
         self._get_user = self.scorer.multiplexed  # an instance attribute Serve recognises as multiplexed
+        for source in cfg.sources:  # schemas, registries, MLflow and the generic models now, not on a request
+            self.scorer.runtime(source).warm_up()
+        freeze_heap()
 
     async def score(self, source: str, mapped: pd.DataFrame) -> pd.DataFrame:
         return await self.scorer.score(source, mapped)

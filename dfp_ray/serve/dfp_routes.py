@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from .app import AppState
 from .dfp_ingress import DfpIngress, HandleBackend, LocalBackend, ScorerUnavailableError
+from .dfp_scorer import freeze_heap
 from .errors import ApiError, ErrorBody
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 415, 422, 503)}
@@ -219,3 +220,7 @@ def register(app: FastAPI, state: AppState) -> None:
                            {"Retry-After": "2"}) from None
 
     app.include_router(router)
+    if service.sources:
+        for source in service.sources:  # the mapping side of each source (schema, pipeline config) now
+            ingress.runtime(source)
+        freeze_heap()

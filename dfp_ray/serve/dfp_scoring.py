@@ -261,6 +261,15 @@ class SourceRuntime:
                           "training message first (train_users=all or generic trains the fallback model)",
                           own_name, self.generic_name, None)
 
+    def warm_up(self) -> None:
+        """Open the registry and load the generic model now (MLflow's imports and the first query
+        cost seconds), so the first request does not pay for them. Never raises: a registry that
+        is down at start is reported per record when requests come."""
+        try:
+            self.cache.get(self.cfg.source, None)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("source %s: the registry at %s is not usable yet: %s", self.name, self.registry.registry_uri, exc)
+
     def prefetch(self, users: list[str]) -> None:
         """One registry round trip for users whose cache entries are missing or due (ModelCache.prefetch)."""
         wanted: list[str | None] = [*users, None] if self.cfg.fallback_to_generic else list(users)
@@ -448,31 +457,40 @@ def result_records(result: pd.DataFrame, errors: dict[int, dict[str, Any]], n: i
 
 
 def _scored_records(scored: pd.DataFrame, out: list[dict[str, Any] | None]) -> None:
-    ccols = [c for c in scored.columns if c.startswith("counter:")]
-    cnames = [c[len("counter:"):] for c in ccols]
-    crows = scored[ccols].to_numpy(dtype=np.float64).tolist() if ccols else [[]] * len(scored)
-    zcols = [c for c in scored.columns if c.startswith("z:")]
-    zfeat = [c[2:] for c in zcols]
-    zrows = scored[zcols].to_numpy(dtype=np.float64).tolist() if zcols else [[]] * len(scored)
+    """The answer objects of scored rows, built column-wise (one comprehension per part, not per
+    record and part: building them is most of the answer's cost)."""
+    n = len(scored)
+    cnames = [c[len("counter:"):] for c in scored.columns if c.startswith("counter:")]
+    counters: list[Any] = [{}] * n
+    if cnames:
+        block = scored[[f"counter:{c}" for c in cnames]]
+        values = (block.to_numpy(dtype=np.int64).tolist() if all(pd.api.types.is_integer_dtype(t) for t in block.dtypes)
+                  else [[int(v) if v == v else None for v in row] for row in block.to_numpy(dtype=np.float64).tolist()])
+        counters = [dict(zip(cnames, row, strict=True)) for row in values]
+    zfeat = [c[2:] for c in scored.columns if c.startswith("z:")]
+    zrows = scored[[f"z:{f}" for f in zfeat]].to_numpy(dtype=np.float64).tolist() if zfeat else [[]] * n
+    zscores = [dict(zip(zfeat, row, strict=True)) for row in zrows]
     k = 0
     while f"top{k + 1}:feature" in scored.columns:
         k += 1
-    tops = [[scored[f"top{i}:{key}"].tolist() for key in ("feature", "z", "value", "expected")] for i in range(1, k + 1)]
-    extras = [c for c in ("anomaly_score", "threshold_source", "explanation") if c in scored.columns]
-    extra_values = [scored[c].tolist() for c in extras]
+    per_slot = [[{"feature": f, "z": z, "value": v, "expected": e} for f, z, v, e in zip(
+        *(scored[f"top{i}:{key}"].tolist() for key in ("feature", "z", "value", "expected")), strict=True)]
+        for i in range(1, k + 1)]
+    tops = [list(t) for t in zip(*per_slot, strict=True)] if per_slot else [[] for _ in range(n)]
     columns = [scored[c].tolist() for c in (POS, "event_id", "user", "timestamp", "model", "own", "mean_abs_z",
                                             "max_abs_z", "detection", "threshold", "score_column")]
-    for j, (pos, eid, user, ts, model, own, mean, mx, det, thr, col) in enumerate(zip(*columns, strict=True)):
-        rec: dict[str, Any] = {
-            "index": pos, "event_id": eid, "user": user, "timestamp": ts, "model": model,
-            "scored_by": user if own else GENERIC_LABEL,
-            "z_scores": dict(zip(zfeat, zrows[j], strict=True)), "mean_abs_z": mean, "max_abs_z": mx,
-            "counters": {n: int(v) if v == v else None for n, v in zip(cnames, crows[j], strict=True)},
-            "detection": bool(det), "threshold": thr, "score_column": col,
-            "top_features": [{"feature": t[0][j], "z": t[1][j], "value": t[2][j], "expected": t[3][j]} for t in tops],
-        }
-        for name, values in zip(extras, extra_values, strict=True):
-            rec[name] = values[j]
+    records = [
+        {"index": pos, "event_id": eid, "user": user, "timestamp": ts, "model": model,
+         "scored_by": user if own else GENERIC_LABEL, "z_scores": z, "mean_abs_z": mean, "max_abs_z": mx,
+         "counters": cnt, "detection": det, "threshold": thr, "score_column": col, "top_features": top}
+        for pos, eid, user, ts, model, own, mean, mx, det, thr, col, z, cnt, top
+        in zip(*columns, zscores, counters, tops, strict=True)
+    ]
+    for name in ("anomaly_score", "threshold_source", "explanation"):
+        if name in scored.columns:
+            for rec, value in zip(records, scored[name].tolist(), strict=True):
+                rec[name] = value
+    for pos, rec in zip(columns[0], records, strict=True):
         out[pos] = rec
 
 
