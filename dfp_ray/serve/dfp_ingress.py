@@ -164,6 +164,8 @@ class DfpIngress:
         self.backend = backend
         self._runtimes: dict[str, SourceRuntime] = {}
         self._coalescers: dict[str, Coalescer] = {}
+        self.requests: dict[str, int] = {}  # this ingress replica's scoring requests and records, per source
+        self.records: dict[str, int] = {}
 
     @property
     def sources(self) -> list[str]:
@@ -184,6 +186,8 @@ class DfpIngress:
         if co is None:
             co = self._coalescers[source] = Coalescer(
                 lambda batch, _rt=rt: self._work(_rt, batch), self.service.max_batch_records)
+        self.requests[source] = self.requests.get(source, 0) + 1
+        self.records[source] = self.records.get(source, 0) + len(records)
         results: list[dict[str, Any]] = await co.submit(records) if records else []
         errors = sum(1 for r in results if r.get("error"))
         return {"source": source, "records": len(results), "scored": len(results) - errors, "errors": errors,
@@ -202,7 +206,11 @@ class DfpIngress:
 
     async def stats(self, source: str) -> dict[str, Any]:
         self.runtime(source)
-        return await self.backend.stats(source)
+        co = self._coalescers.get(source)
+        calls = co.calls if co is not None else 0
+        return {**await self.backend.stats(source),
+                "ingress": {"requests": self.requests.get(source, 0), "records": self.records.get(source, 0),
+                            "scoring_calls": calls}}
 
 
 def _split_answers(parts: list[pd.DataFrame], errors: dict[int, dict[str, Any]], sizes: list[int]) -> list[list[dict]]:
