@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("bench_datagen.py", False),
     ("bench_fingerprint.py", False),
     ("bench_serve_fingerprint.py", False),
+    ("bench_serve_dfp.py", False),
     ("bench_kafka.py", False),
 ]
 

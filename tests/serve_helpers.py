@@ -137,3 +137,60 @@ def mnist_splits(n_train: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
     x = (x / 255.0).astype(np.float32).reshape(-1, 28, 28, 1)
     order = np.random.default_rng(seed).permutation(len(x))
     return x[order[:n_train]], y[order[:n_train]].astype(np.int64), x[order[n_train:]]
+
+
+# ----------------------------------------------------------------------------- DFP scoring
+
+SMALL_AE = {
+    "autoencoder.encoder_layers": [32, 16], "autoencoder.decoder_layers": [32],
+    "autoencoder.epochs": 3, "autoencoder.device": "cpu",
+}
+
+
+@dataclass
+class DfpRegistry:
+    """A registry written by a real `dfp-ray run` (training, then inference of the next day)."""
+
+    data: Path
+    cfg: Any  # the DFPConfig of the run
+    scores: Any  # pandas frame of the inference run's dfp_scores_duo.csv (every scored row)
+    detections: Any  # its detections file
+    inference_records: list[dict]  # the raw inference records, in time order
+
+
+def train_dfp_registry(root: Path, *, users: int = 4, train_days: int = 3, events: float = 8.0,
+                       seed: int = 3) -> DfpRegistry:
+    """Generate Duo logs, train generic + per-user models and score the inference day with the
+    batch pipeline on the Ray already initialised (small autoencoders: seconds per model)."""
+    import json
+
+    import pandas as pd
+
+    from dfp_ray.config import load_config
+    from dfp_ray.runner import Pipeline, run
+    from dfp_ray.tools.datagen import DatagenConfig, generate
+
+    data = root / "data"
+    generate(DatagenConfig(out=str(data), sources=["duo"], users=users, train_days=train_days, infer_days=1,
+                           events_per_user_per_day=events, seed=seed))
+    cfg = load_config(None, {
+        "source": "duo", "state_dir": str(root / "state"), "output.directory": str(root / "out"),
+        "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 1,
+        "ray.generic_actor": False, "ray.message_timeout_s": 300, "input.data_roots": [str(root)], **SMALL_AE,
+    })
+    pipe = Pipeline(cfg)
+    try:
+        msgs = data / "control_messages"
+        train = run(cfg, [str(msgs / "duo_payload_training.json")], pipeline=pipe, progress=False)
+        assert train.ok, train.rejections
+        infer = run(cfg, [str(msgs / "duo_payload_inference.json")], pipeline=pipe, progress=False)
+        assert infer.ok and infer.rows_scored > 0, infer.rejections
+    finally:
+        pipe.shutdown()
+    records: list[dict] = []
+    for f in sorted((data / "duo" / "inference").glob("*.json")):
+        records += json.loads(f.read_text())
+    records.sort(key=lambda r: r["timestamp"])
+    read = {"dtype": {"event_id": str}}
+    return DfpRegistry(data=data, cfg=cfg, scores=pd.read_csv(infer.scores_path, **read),
+                       detections=pd.read_csv(infer.detections_path, **read), inference_records=records)

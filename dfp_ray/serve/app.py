@@ -32,6 +32,7 @@ from .uploads import UploadStore
 ROUTE_MODULES: tuple[str, ...] = (
     "dfp_ray.serve.jobs_routes",
     "dfp_ray.serve.fingerprint_routes",
+    "dfp_ray.serve.dfp_routes",
 )
 """Modules whose ``register(app, state)`` adds routes; order is the order in /docs."""
 
@@ -45,6 +46,7 @@ class AppState:
     uploads: UploadStore
     jobs: JobRunner
     services: dict[str, Any] = field(default_factory=dict)
+    handles: dict[str, Any] = field(default_factory=dict)  # other Serve deployments of the app, by name
 
 
 class Health(BaseModel):
@@ -64,8 +66,11 @@ def _version() -> str:
         return "0+unknown"
 
 
-def create_app(cfg: ServeConfig, *, replica_id: str | None = None) -> FastAPI:
-    """A FastAPI app for ``cfg`` (secrets already resolved; see :func:`dfp_ray.serve.config.resolved`)."""
+def create_app(cfg: ServeConfig, *, replica_id: str | None = None, handles: dict[str, Any] | None = None) -> FastAPI:
+    """A FastAPI app for ``cfg`` (secrets already resolved; see :func:`dfp_ray.serve.config.resolved`).
+
+    ``handles``: handles of the application's other deployments (``dfp_scorer``); without
+    them, route modules do their work in this process."""
     replica = replica_id or uuid.uuid4().hex[:12]
     limits = cfg.limits
     state = AppState(
@@ -78,6 +83,7 @@ def create_app(cfg: ServeConfig, *, replica_id: str | None = None) -> FastAPI:
             max_field_bytes=limits.max_field_bytes,
         ),
         jobs=JobRunner(cfg.jobs, replica),
+        handles=dict(handles or {}),
     )
     Path(cfg.jobs.dir).mkdir(parents=True, exist_ok=True)
 

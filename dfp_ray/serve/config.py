@@ -3,7 +3,7 @@
 ``configs/serve.yaml`` is an instance of :class:`ServeConfig`; ``dfp-ray serve`` flags and the
 ``args`` of a Serve config file (``configs/serve_app.yaml``) override it. Unknown keys are
 errors. Route modules add their own sections here (the fingerprint service has
-``fingerprint``; per-user DFP scoring adds its own).
+``fingerprint``; per-user DFP scoring has ``dfp``).
 
 Secrets (the bearer token, the fingerprint HMAC key) are read from environment variables
 named here, or given inline (discouraged: config files get copied around). They are
@@ -143,6 +143,137 @@ class JobsConfig(_Strict):
         return self
 
 
+SOURCE_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class DfpSourceConfig(_Strict):
+    """One log source scored at ``/dfp/{source}/...``: the pipeline configuration whose models,
+    schema and detection rule it uses.
+
+    The pipeline configuration is a ``dfp-ray run`` config (``configs/duo.yaml``): its
+    ``schema``, registry (``state_dir``, ``mlflow.*``), ``detection`` rule and
+    ``fallback_to_generic`` apply here exactly as in the batch pipeline, so Serve scores with the
+    models ``dfp-ray run`` registered. ``pipeline`` keys are applied on top of the file, then
+    ``schema`` / ``tracking_uri`` / ``registry_uri``. Without ``source`` in either, the source
+    (the ``DFP-{source}-{user}`` model names) is this entry's name.
+    """
+
+    pipeline_config: str | None = Field(
+        None, description="a `dfp-ray run` config YAML (e.g. configs/duo.yaml); in a serve config file, relative to "
+        "that file's folder. Relative paths inside it (state_dir) are relative to the working directory, as for "
+        "`dfp-ray run`"
+    )
+    pipeline: dict[str, Any] = Field(
+        default_factory=dict, description="pipeline config keys given inline (nested, as in the file), applied on top "
+        "of pipeline_config, e.g. {detection: {threshold: 3.0}}"
+    )
+    schema_: str | None = Field(
+        None, alias="schema", description="built-in schema name (duo, azure) or a schema YAML path; default: the "
+        "pipeline config's"
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI of the registry (sqlite:///..., http://host:5000); default: the "
+        "pipeline config's (sqlite under its state_dir)"
+    )
+    registry_uri: str | None = Field(None, description="MLflow registry URI when it differs from tracking_uri")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def pipeline_dict(self, name: str) -> dict[str, Any]:
+        """The pipeline config as one dict: file, inline keys, overrides, default source."""
+        data = read_yaml(self.pipeline_config) if self.pipeline_config else {}
+        data = merge(data, self.pipeline)
+        if self.schema_ is not None:
+            data["schema"] = self.schema_
+        mlflow = dict(data.get("mlflow") or {})
+        if self.tracking_uri is not None:
+            mlflow["tracking_uri"] = self.tracking_uri
+        if self.registry_uri is not None:
+            mlflow["registry_uri"] = self.registry_uri
+        if mlflow:
+            data["mlflow"] = mlflow
+        data.setdefault("source", name)
+        return data
+
+    def resolve(self, name: str) -> DfpSourceConfig:
+        """A self-contained copy: the pipeline file read, validated and inlined with absolute paths
+        (done where the application is built, so replicas read no file and errors appear at start)."""
+        from dfp_ray.config import DFPConfig
+
+        where = f"dfp.sources.{name}" + (f" (pipeline_config {self.pipeline_config})" if self.pipeline_config else "")
+        data = self.pipeline_dict(name)
+        base = Path(self.pipeline_config).resolve().parent if self.pipeline_config else Path.cwd()
+        state_dir = data.get("state_dir")
+        if isinstance(state_dir, str) and not Path(state_dir).expanduser().is_absolute():
+            data["state_dir"] = str((Path.cwd() / state_dir).resolve())
+        schema = data.get("schema")
+        if isinstance(schema, str) and (Path(schema).suffix or Path(schema).exists()):
+            for root in (Path.cwd(), base):  # a path: absolute, as the pipeline resolves it (cwd first)
+                if (root / schema).exists():
+                    data["schema"] = str((root / schema).resolve())
+                    break
+        cfg = validate_model(data, DFPConfig, where)
+        from dfp_ray.schemas import load_schema
+
+        try:
+            load_schema(cfg.schema_ref)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: schema {cfg.schema_ref!r}: {exc}") from None
+        full = cfg.model_dump(mode="json", by_alias=True)
+        full["mlflow"]["tracking_uri"] = cfg.tracking_uri
+        return DfpSourceConfig(pipeline=full)
+
+
+class DfpScorerDeployment(_Strict):
+    """The scorer deployment (per-user models, multiplexed) that the ingress calls."""
+
+    num_replicas: int = Field(1, ge=1, description="scorer replicas; users are spread over them by Serve's "
+                              "model multiplexing (with 1, a request's users travel in one call)")
+    max_ongoing_requests: int = Field(16, ge=1, description="scoring calls a scorer replica accepts at once")
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+
+
+class DfpServiceConfig(_Strict):
+    """Per-user DFP scoring (``POST /dfp/{source}/score``, ``GET /dfp/{source}/models/{user}``)."""
+
+    sources: dict[str, DfpSourceConfig] = Field(
+        default_factory=dict, description="source name (the {source} of the URL) -> its pipeline config; none = "
+        "the scoring routes answer 404"
+    )
+    max_models_per_replica: int = Field(
+        256, ge=1, description="users held per scorer replica (Serve multiplexing, least recently used first out); "
+        "each holds its own model or shares the generic one, and its same-day history"
+    )
+    refresh_s: float = Field(
+        30.0, ge=0, description="how often a held user checks the registry for a newer version (or a model of its "
+        "own); a new version scores requests at most this long after it was registered"
+    )
+    history_rows_per_user: int = Field(
+        5000, ge=0, description="same-day records kept per held user for the per-day counters (logcount, "
+        "locincrement, ...); beyond it the oldest are dropped"
+    )
+    max_records_per_request: int = Field(10_000, ge=1, description="records one request may carry (413 beyond)")
+    max_body_bytes: int = Field(64 * MiB, ge=1024, description="largest request body (413 beyond)")
+    max_batch_records: int = Field(
+        20_000, ge=1, description="records of concurrent requests scored together in one call (requests that "
+        "arrive while a call runs are coalesced into the next one)"
+    )
+    top_features: int = Field(3, ge=0, le=50, description="features named per record as the ones that drove its score")
+    scorer: DfpScorerDeployment = Field(default_factory=DfpScorerDeployment)
+
+    @model_validator(mode="after")
+    def _names(self) -> DfpServiceConfig:
+        import re
+
+        bad = [n for n in self.sources if not re.fullmatch(SOURCE_NAME, n)]
+        if bad:
+            raise ValueError(f"source names {bad} may hold only letters, digits, '_', '.', '-' (they are URL paths)")
+        return self
+
+    def resolved(self) -> DfpServiceConfig:
+        return self.model_copy(update={"sources": {n: s.resolve(n) for n, s in self.sources.items()}})
+
+
 class ServeConfig(_Strict):
     """Everything `dfp-ray serve` needs; every key is optional."""
 
@@ -156,6 +287,7 @@ class ServeConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     fingerprint: FingerprintServiceConfig = Field(default_factory=FingerprintServiceConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    dfp: DfpServiceConfig = Field(default_factory=DfpServiceConfig)
 
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
@@ -176,9 +308,28 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _anchor_source_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative ``pipeline_config`` (and schema file) paths of DFP sources in a config file are
+    relative to that file's folder, so `--config configs/serve.yaml` works from anywhere."""
+    dfp = data.get("dfp")
+    sources = dfp.get("sources") if isinstance(dfp, dict) else None
+    if not isinstance(sources, dict):
+        return
+    for src in sources.values():
+        if not isinstance(src, dict):
+            continue
+        for key in ("pipeline_config", "schema"):
+            value = src.get(key)
+            if isinstance(value, str) and (key == "pipeline_config" or Path(value).suffix in (".yaml", ".yml")):
+                if not Path(value).expanduser().is_absolute():
+                    src[key] = str(base / value)
+
+
 def load_serve_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> ServeConfig:
     """Read ``path`` (YAML, optional) and apply ``overrides`` (nested dict); errors name file and field."""
     data = read_yaml(path) if path else {}
+    if path:
+        _anchor_source_paths(data, Path(path).resolve().parent)
     where = str(path) if path else "serve configuration"
     if overrides:
         data = merge(data, overrides)
@@ -186,7 +337,8 @@ def load_serve_config(path: str | os.PathLike | None = None, overrides: dict[str
 
 
 def resolved(cfg: ServeConfig) -> ServeConfig:
-    """A copy with the secrets read from their environment variables (done where the app is built)."""
+    """A copy with the secrets read from their environment variables and the DFP sources' pipeline
+    configs inlined (done where the app is built). Raises ConfigError naming the source and field."""
     token = cfg.auth.resolve()
     key = cfg.fingerprint.resolve_key()
     return cfg.model_copy(
@@ -195,6 +347,7 @@ def resolved(cfg: ServeConfig) -> ServeConfig:
             "fingerprint": cfg.fingerprint.model_copy(
                 update={"key": SecretStr(key.decode()) if key else None, "key_env": None}
             ),
+            "dfp": cfg.dfp.resolved(),
         }
     )
 

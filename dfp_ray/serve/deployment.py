@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class ApiIngress:
     """The HTTP ingress of every dfp_ray service (see :mod:`dfp_ray.serve.app`)."""
 
-    def __init__(self, config: ServeConfig | dict[str, Any]) -> None:
+    def __init__(self, config: ServeConfig | dict[str, Any], dfp_scorer: Any = None) -> None:
         self.cfg = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
+        self.handles = {"dfp_scorer": dfp_scorer} if dfp_scorer is not None else {}
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside a replica (tests of the class itself)
@@ -42,7 +43,7 @@ class ApiIngress:
     def __serve_build_asgi_app__(self) -> Any:
         from .app import create_app
 
-        self._app = create_app(self.cfg, replica_id=self.replica_id)
+        self._app = create_app(self.cfg, replica_id=self.replica_id, handles=self.handles)
         return self._app
 
     def check_health(self) -> None:
@@ -50,20 +51,40 @@ class ApiIngress:
             raise RuntimeError("the job watcher thread stopped; this replica cannot heartbeat its jobs")
 
 
+def _actor_options(opts: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}
+    if opts.memory is not None:
+        out["memory"] = opts.memory
+    return out
+
+
 def application(cfg: ServeConfig) -> Application:
-    """The bound Serve application for ``cfg`` (secrets resolved here, where it is built)."""
+    """The bound Serve application for ``cfg`` (secrets and DFP sources resolved here, where it is
+    built). With DFP sources configured, the scorer deployment (per-user models, multiplexed)
+    is bound too and the ingress gets its handle."""
     d = cfg.deployment
-    actor_options: dict[str, Any] = {"num_cpus": d.ray_actor_options.num_cpus, "num_gpus": d.ray_actor_options.num_gpus}
-    if d.ray_actor_options.memory is not None:
-        actor_options["memory"] = d.ray_actor_options.memory
+    cfg = resolved(cfg)
+    scorer = None
+    if cfg.dfp.sources:
+        from .dfp_deployment import DfpScorer
+
+        sd = cfg.dfp.scorer
+        scorer = DfpScorer.options(
+            num_replicas=sd.num_replicas,
+            max_ongoing_requests=sd.max_ongoing_requests,
+            ray_actor_options=_actor_options(sd.ray_actor_options),
+            health_check_period_s=d.health_check_period_s,
+            health_check_timeout_s=d.health_check_timeout_s,
+            graceful_shutdown_timeout_s=d.graceful_shutdown_timeout_s,
+        ).bind(cfg.dfp)
     return ApiIngress.options(
         num_replicas=d.num_replicas,
         max_ongoing_requests=d.max_ongoing_requests,
-        ray_actor_options=actor_options,
+        ray_actor_options=_actor_options(d.ray_actor_options),
         health_check_period_s=d.health_check_period_s,
         health_check_timeout_s=d.health_check_timeout_s,
         graceful_shutdown_timeout_s=d.graceful_shutdown_timeout_s,
-    ).bind(resolved(cfg))
+    ).bind(cfg, scorer)
 
 
 def build_app(args: dict[str, Any]) -> Application:

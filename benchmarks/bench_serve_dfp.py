@@ -1,0 +1,252 @@
+"""Benchmark: per-user DFP scoring over HTTP (Ray Serve on 127.0.0.1) vs the same library in-process.
+
+Setup: `dfp-ray datagen` Duo logs, a real `dfp-ray run` training (generic + one small model per
+user) into a sqlite registry, then Serve with the ``duo`` source on that registry (ingress and
+scorer deployments, one CPU each). Records are the inference day's raw Duo records; each pass
+over them is moved to a new day, so users' same-day histories stay the size of one day.
+
+Figures, side by side in one run (same machine, same records, same code):
+
+* single-record requests with 1, 8 and 32 concurrent clients: p50 / p99 latency, requests/s;
+* 100-record requests with 1, 8 and 32 concurrent clients: records/s (and p50 latency);
+* for HTTP (``POST /dfp/duo/score`` through Serve's proxy, aiohttp clients in this process) and
+  for the library in-process (``DfpIngress(..., LocalBackend)``: the same mapping, coalescing,
+  scoring and answer building, without HTTP, Serve or a second process);
+* where the time goes: CPU seconds per scoring call by stage (mapping, data prep + inference,
+  answer), in-process, for 1, 100 and 3,200 records.
+
+Targets on a 2-core machine: p50 < 20 ms single record, >= 20,000 records/s batched. Every
+loop is bounded (requests and seconds); repeats (``--repeats``) give ranges, because a shared
+machine moves single figures a lot. Run: ``python benchmarks/bench_serve_dfp.py [--repeats 2]
+[--seconds 4] [--users 8] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from serve_helpers import app_config, free_port, start_apps, train_dfp_registry  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+DAY = 86_400
+
+
+class Records:
+    """An endless, bounded-by-callers supply of the inference day's records, one new day per pass."""
+
+    def __init__(self, base: list[dict]) -> None:
+        self.base = base
+        self.i = 0
+        self.passes = 0
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            if self.i == len(self.base):
+                self.i, self.passes = 0, self.passes + 1
+            rec = copy.deepcopy(self.base[self.i])
+            rec["timestamp"] += (self.passes + 1) * 10 * DAY
+            rec["txid"] = f"{rec['txid']}-{self.passes}"
+            out.append(rec)
+            self.i += 1
+        return out
+
+
+async def drive(call, records: Records, size: int, clients: int, seconds: float, max_requests: int) -> dict:
+    """``clients`` loops, each sending ``size``-record requests back to back, for ``seconds`` (bounded)."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    sent = 0
+
+    async def client() -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and sent < max_requests:
+            sent += 1
+            body = records.take(size)
+            t = time.perf_counter()
+            await call(body)
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - start
+    lat = sorted(latencies)
+    return {"requests": len(lat), "seconds": wall, "rps": len(lat) / wall, "records_per_s": len(lat) * size / wall,
+            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
+
+
+def stage_profile(service, base: list[dict]) -> dict[int, dict[str, float]]:
+    """CPU seconds per scoring call by stage, in-process (where the time goes)."""
+    from dfp_ray.serve.dfp_scorer import LocalScorer, model_id
+    from dfp_ray.serve.dfp_scoring import result_records
+
+    scorer = LocalScorer(service)
+    rt = scorer.runtime("duo")
+    recs = Records(base)
+
+    async def slots(users):
+        return {u: await scorer.get_slot(model_id("duo", u)) for u in users}
+
+    held = asyncio.run(slots(sorted({r["user"]["name"] for r in base})))
+    out = {}
+    for size in (1, 100, 3200):
+        reps = max(3, min(30, 3000 // size))
+        cpu = {"map": 0.0, "prep+inference": 0.0, "answer": 0.0}
+        for rep in range(reps + 1):
+            batch = recs.take(size)
+            c0 = time.process_time()
+            mapped, errors = rt.map_records(batch)
+            c1 = time.process_time()
+            with rt.lock:
+                res = rt.score(mapped, held)
+            c2 = time.process_time()
+            result_records(res, errors, len(batch))
+            c3 = time.process_time()
+            if rep:  # the first is a warm-up
+                cpu["map"] += c1 - c0
+                cpu["prep+inference"] += c2 - c1
+                cpu["answer"] += c3 - c2
+        out[size] = {k: 1000 * v / reps for k, v in cpu.items()}
+    return out
+
+
+def run_library(service, base: list[dict], seconds: float, max_requests: int) -> dict:
+    from dfp_ray.serve.dfp_ingress import DfpIngress, LocalBackend
+
+    ingress = DfpIngress(service, LocalBackend(service))
+    recs = Records(base)
+
+    async def call(body):
+        answer = await ingress.score_request("duo", body)
+        assert answer["errors"] == 0, answer["results"][0]
+
+    async def all_figures():
+        await drive(call, recs, 100, 1, 2.0, 50)  # warm-up: load every user
+        return {(size, c): await drive(call, recs, size, c, seconds, max_requests)
+                for size in (1, 100) for c in CONCURRENCY}
+
+    return asyncio.run(all_figures())
+
+
+def run_http(url: str, base: list[dict], seconds: float, max_requests: int) -> dict:
+    import aiohttp
+    import orjson
+
+    recs = Records(base)
+
+    async def all_figures():
+        conn = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=conn) as session:
+            async def call(body):
+                async with session.post(f"{url}/dfp/duo/score", data=orjson.dumps(body),
+                                        headers={"Content-Type": "application/json"},
+                                        timeout=aiohttp.ClientTimeout(total=120)) as r:
+                    answer = orjson.loads(await r.read())
+                    assert r.status == 200 and answer["errors"] == 0, (r.status, str(answer)[:300])
+
+            await drive(call, recs, 100, 1, 2.0, 50)
+            return {(size, c): await drive(call, recs, size, c, seconds, max_requests)
+                    for size in (1, 100) for c in CONCURRENCY}
+
+    return asyncio.run(all_figures())
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=2, help="runs of every figure (ranges are printed)")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds per figure (bounded also by --max-requests)")
+    p.add_argument("--max-requests", type=int, default=3000)
+    p.add_argument("--users", type=int, default=8, help="users in the generated data (each gets a model)")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    cpus = int(ray.cluster_resources().get("CPU", 2))
+    results: dict = {"cpus": cpus, "load_avg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-dfp-") as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        reg = train_dfp_registry(root, users=args.users, train_days=3, events=12)
+        print(f"registry: {args.users} users + generic trained by dfp-ray run in {time.perf_counter() - t:.0f} s; "
+              f"{len(reg.inference_records)} inference records", flush=True)
+        cfg = app_config(root, "bench", {
+            "deployment": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)}},
+            "dfp": {"sources": {"duo": {"pipeline": {"state_dir": reg.cfg.state_dir}}}, "refresh_s": 30.0,
+                    "scorer": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)}}},
+        })
+        from dfp_ray.serve.config import resolved
+
+        service = resolved(cfg).dfp
+        from dfp_ray.serve.dfp_scorer import freeze_heap
+
+        freeze_heap()  # as the replicas do when they start (see its docstring)
+        profile = stage_profile(service, reg.inference_records)
+        results["stage_cpu_ms"] = profile
+        print("\nwhere the time goes (in-process, CPU ms per scoring call):")
+        print(f"  {'records':>8} {'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11}")
+        for size, st in profile.items():
+            print(f"  {size:>8} {st['map']:>8.1f} {st['prep+inference']:>15.1f} {st['answer']:>8.1f} "
+                  f"{sum(st.values()) / size:>10.2f}", flush=True)
+
+        port = free_port()
+        app = start_apps(port, {"bench": (cfg, "/")})["bench"]
+        lib_runs, http_runs = [], []
+        for rep in range(args.repeats):
+            lib_runs.append(run_library(service, reg.inference_records, args.seconds, args.max_requests))
+            http_runs.append(run_http(app.url, reg.inference_records, args.seconds, args.max_requests))
+            print(f"repeat {rep + 1}/{args.repeats} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+        serve.shutdown()
+    ray.shutdown()
+
+    print(f"\nper-user DFP scoring, {cpus} CPUs; ranges over {args.repeats} repeats "
+          f"(load average at start {results['load_avg_start'][0]:.1f})")
+    print(f"  {'request':>10} {'clients':>7} | {'HTTP p50 ms':>11} {'p99 ms':>9} {'req/s':>11} {'records/s':>13} | "
+          f"{'library p50':>11} {'p99 ms':>9} {'req/s':>11} {'records/s':>13}")
+    table = []
+    for size in (1, 100):
+        for c in CONCURRENCY:
+            h = [r[(size, c)] for r in http_runs]
+            lib = [r[(size, c)] for r in lib_runs]
+            row = {"records_per_request": size, "clients": c, "http": h, "library": lib}
+            table.append(row)
+            print(f"  {size:>10} {c:>7} | {spread([x['p50_ms'] for x in h], '.1f'):>11} "
+                  f"{spread([x['p99_ms'] for x in h], '.0f'):>9} {spread([x['rps'] for x in h], '.0f'):>11} "
+                  f"{spread([x['records_per_s'] for x in h], '.0f'):>13} | "
+                  f"{spread([x['p50_ms'] for x in lib], '.1f'):>11} {spread([x['p99_ms'] for x in lib], '.0f'):>9} "
+                  f"{spread([x['rps'] for x in lib], '.0f'):>11} {spread([x['records_per_s'] for x in lib], '.0f'):>13}")
+    single = [r[(1, 1)]["p50_ms"] for r in http_runs]
+    batched = [max(r[(100, c)]["records_per_s"] for c in CONCURRENCY) for r in http_runs]
+    print(f"\ntargets: single-record p50 < 20 ms over HTTP: {spread(single, '.1f')} ms "
+          f"({'met' if max(single) < 20 else 'missed'}); >= 20,000 records/s batched: {spread(batched, '.0f')} "
+          f"({'met' if min(batched) >= 20_000 else 'missed'})")
+    results["table"] = table
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
