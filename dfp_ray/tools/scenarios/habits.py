@@ -83,7 +83,7 @@ def build_people(cfg: HabitsConfig, rng: np.random.Generator) -> list[Person]:
     seen: set[str] = set()
     dev_w = np.array([w for w, _ in catalog.DEVICES], dtype=float)
     app_w = np.array([a.weight for a in catalog.APPS], dtype=float)
-    for u in range(cfg.users):
+    for _ in range(cfg.users):
         first, last = catalog.FIRST[rng.integers(len(catalog.FIRST))], catalog.LAST[rng.integers(len(catalog.LAST))]
         name, k = f"{first}.{last}", 2
         while name in seen:
