@@ -20,6 +20,8 @@ BENCHMARKS = [
     ("bench_pipeline.py", False),
     ("bench_datagen.py", False),
     ("bench_fingerprint.py", False),
+    ("bench_serve_fingerprint.py", False),
+    ("bench_kafka.py", False),
 ]
 
 

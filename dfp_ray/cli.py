@@ -24,7 +24,9 @@ COMMAND_MODULES = [
     "dfp_ray.commands.run",
     "dfp_ray.commands.datagen",
     "dfp_ray.commands.fingerprint",
+    "dfp_ray.commands.serve",
     "dfp_ray.commands.report",
+    "dfp_ray.commands.publish",
 ]
 
 

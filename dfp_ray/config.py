@@ -82,6 +82,39 @@ class OutputConfig(_Strict):
     write_all_scores: bool = Field(False, description="Also write every scored row, not just detections.")
     include_columns: list[str] = Field(default_factory=list, description="Regexes; keep only matching columns.")
     exclude_columns: list[str] = Field(default_factory=list, description="Regexes; drop matching columns.")
+    keep_runs: int = Field(
+        10, ge=1, description="Completed runs whose files are kept under <directory>/runs/ (the published "
+        "files are the newest run's that scored anything; older runs are deleted beyond this many).",
+    )
+    file_mode: str = Field(
+        "0600", pattern=r"^0?[0-7]{3}$", description="Permission bits (octal) of the output files a run "
+        "creates; the default lets only the owner read detections.",
+    )
+
+
+class InputConfig(_Strict):
+    data_roots: list[str] = Field(
+        default_factory=list, description="Folders (local) and prefixes (s3://bucket/prefix) that control "
+        "messages may read files from. A glob or file outside every root rejects its message. Default: "
+        "the working directory only. Relative folders are resolved when the config is loaded.",
+    )
+
+    @field_validator("data_roots")
+    @classmethod
+    def _absolute(cls, roots: list[str]) -> list[str]:
+        out = []
+        for root in roots:
+            if not root:
+                raise ValueError("a data root must not be empty")
+            if "://" in root and not root.startswith("file://"):
+                out.append(root.rstrip("/"))
+            else:
+                out.append(os.path.realpath(os.path.expanduser(root.removeprefix("file://"))))
+        return out
+
+    def roots(self) -> list[str]:
+        """The roots in force: the configured ones, or the working directory."""
+        return self.data_roots or [os.path.realpath(os.getcwd())]
 
 
 class RayConfig(_Strict):
@@ -101,6 +134,14 @@ class RayConfig(_Strict):
     max_models_cached: int = Field(
         1024, ge=1, description="Loaded models kept per user actor (LRU, ~2.5 MB each with the default "
         "layers). Keep it above the users an actor owns, or inference reloads models from the registry.",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Times Ray restarts a user, sink or router actor that died (its state is "
+        "restored from the registry and checkpoints, and the work it had is sent again).",
+    )
+    task_retries: int = Field(
+        3, ge=0, description="Times an idempotent actor call (loading a chunk, scoring, writing) is retried "
+        "after its actor died.",
     )
     generic_actor: bool = Field(
         True, description="CPU pools: train the generic model on an actor of its own beside the pool (it "
@@ -126,8 +167,9 @@ class RayConfig(_Strict):
         512, ge=1, description="Inference: users an owner scores (and hands to the sink) at once; "
         "bounds the memory of one scoring call.",
     )
-    message_timeout_s: float | None = Field(
-        None, gt=0, description="Give up on a control message after this many seconds (None = no limit)."
+    message_timeout_s: float = Field(
+        14_400.0, gt=0, description="Give up on a control message after this many seconds (default 4 h): "
+        "it becomes a dead letter with that reason and the run goes on with the next message.",
     )
 
 
@@ -165,6 +207,7 @@ class DFPConfig(_Strict):
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
     storage_options: dict[str, Any] = Field(
@@ -225,6 +268,7 @@ __all__ = [
     "ConfigError",
     "DFPConfig",
     "DetectionConfig",
+    "InputConfig",
     "MLflowConfig",
     "OutputConfig",
     "RayConfig",

@@ -24,6 +24,12 @@ from dfp_ray.messages import Rejection
 MessageKind = Literal["training", "inference", "load_only"]
 
 
+def add_counts(into: dict[str, int], more: dict[str, int]) -> None:
+    """Add per-reason counts into ``into``."""
+    for reason, count in more.items():
+        into[reason] = into.get(reason, 0) + count
+
+
 class FileProblem(BaseModel):
     """A file that could not be read, and why (the reason says what to do)."""
 
@@ -42,6 +48,9 @@ class LoadInfo(BaseModel):
         default_factory=list, description="Per owner index: the users whose rows went to that owner."
     )
     owner_rows: list[int] = Field(default_factory=list, description="Per owner index: rows sent to it.")
+    skipped: dict[str, int] = Field(
+        default_factory=dict, description="Records dropped, per reason (malformed, outside the time window)."
+    )
 
 
 class TrainResult(BaseModel):
@@ -106,6 +115,9 @@ class MessageResult(BaseModel):
     files: int = 0
     files_from_cache: int = 0
     rows: int = 0
+    skipped_records: dict[str, int] = Field(
+        default_factory=dict, description="Records dropped while loading, per reason."
+    )
     trained: list[TrainResult] = Field(default_factory=list)
     skipped_users: list[TrainResult] = Field(default_factory=list)
     inferred: list[InferResult] = Field(default_factory=list)
@@ -124,15 +136,17 @@ class MessageResult(BaseModel):
         (self.trained if res.trained else self.skipped_users).append(res)
 
     def record_inference(self, batch: InferBatch) -> None:
+        """Count one owner's scoring call (``detections`` is counted from the sink's files)."""
         self.inferred.extend(batch.users)
         self.errors.extend(r.error for r in batch.users if r.error)
         self.scored += batch.rows_scored
-        self.detections += batch.written.detections
 
     def record_load(self, infos: list[LoadInfo]) -> None:
         self.files += sum(i.files for i in infos)
         self.files_from_cache += sum(i.files_from_cache for i in infos)
         self.rows += sum(i.rows for i in infos)
+        for i in infos:
+            add_counts(self.skipped_records, i.skipped)
 
 
 class Progress(BaseModel):
@@ -155,6 +169,7 @@ class RunSummary(BaseModel):
     rejected: int = 0
     files: int = 0
     rows: int = 0
+    skipped_records: dict[str, int] = Field(default_factory=dict, description="Records dropped, per reason.")
     users_trained: int = 0
     users_skipped: int = 0
     users_scored: int = 0
@@ -162,8 +177,9 @@ class RunSummary(BaseModel):
     rows_scored: int = 0
     detections: int = 0
     seconds: float = 0.0
-    detections_path: str | None = None
+    detections_path: str | None = Field(None, description="The published detections file (None: nothing scored).")
     scores_path: str | None = None
+    run_folder: str | None = Field(None, description="This run's own output folder (kept for output.keep_runs runs).")
     dead_letter_path: str | None = None
     rejections: list[Rejection] = Field(default_factory=list)
     messages_detail: list[MessageResult] = Field(default_factory=list)
@@ -178,6 +194,7 @@ class RunSummary(BaseModel):
             self.rejections.append(res.rejection)
         self.files += res.files
         self.rows += res.rows
+        add_counts(self.skipped_records, res.skipped_records)
         self.users_trained += len(res.trained)
         self.users_skipped += len(res.skipped_users)
         self.users_scored += sum(1 for r in res.inferred if not r.error)
@@ -190,6 +207,7 @@ class RunSummary(BaseModel):
         rows = [
             ("messages processed", self.messages), ("messages rejected", self.rejected),
             ("files loaded", self.files), ("rows loaded", self.rows),
+            ("records skipped", sum(self.skipped_records.values())),
             ("users trained", self.users_trained), ("users skipped (too few rows)", self.users_skipped),
             ("users scored", self.users_scored), ("users without a model", self.users_without_model),
             ("rows scored", self.rows_scored),
@@ -199,10 +217,14 @@ class RunSummary(BaseModel):
             rows.append(("detections file", self.detections_path))
         if self.scores_path:
             rows.append(("scores file", self.scores_path))
+        if self.run_folder:
+            rows.append(("this run's files", self.run_folder))
         if self.rejected:
             rows.append(("dead letters", self.dead_letter_path))
         width = max(len(k) for k, _ in rows)
         lines = ["Run summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows]
+        for reason, count in sorted(self.skipped_records.items()):
+            lines.append(f"SKIPPED  {count} records: {reason}")
         for r in self.rejections:
             field = f" [{r.field}]" if r.field else ""
             lines.append(f"REJECTED {r.message_id}{field}: {r.reason}")

@@ -18,6 +18,7 @@ from typing import Any
 
 from dfp_ray.config import DFPConfig
 from dfp_ray.messages import ControlMessage, DeadLetterWriter, Rejection, parse_control_messages
+from dfp_ray.pipeline.write_to_file import new_run_id
 from dfp_ray.results import MessageResult, Progress, RunSummary
 from dfp_ray.schemas import SourceSchema, load_schema
 
@@ -60,7 +61,12 @@ def apply_time_window(messages: list[ControlMessage], start: str | None, duratio
 
 
 class Pipeline:
-    """A warm pipeline: actors stay up between :meth:`run_messages` calls (benchmarks, tests)."""
+    """A warm pipeline: actors stay up between :meth:`run_message` calls (benchmarks, tests).
+
+    Every actor is restarted by Ray when it dies (``ray.max_restarts``): user actors restore
+    their state from the registry and checkpoints, the sink reopens its run's files, and the
+    work they held is sent again (see docs/reliability.md).
+    """
 
     def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None):
         import ray
@@ -70,9 +76,11 @@ class Pipeline:
         from dfp_ray.actors.user_actor import UserActor
 
         init_ray(cfg.ray.address)
+        cfg = cfg.model_copy(deep=True)
+        cfg.input.data_roots = cfg.input.roots()  # resolved here, in the driver's working directory
         self.cfg = cfg
         self.schema = schema or load_schema(cfg.schema_ref)
-        cfg.state_path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(cfg.state_path)
         # Open (and for a new sqlite file, create) the registry once, here, before the actors
         # race to do it; an unreachable tracking server fails the run now, not per user.
         from dfp_ray.registry import ModelRegistry
@@ -82,7 +90,8 @@ class Pipeline:
         gpus = int(resources.get("GPU", 0))
         n = cfg.ray.num_user_actors or (gpus if gpus and cfg.ray.num_gpus_per_actor else
                                         max(1, int(resources.get("CPU", 1))))
-        opts = {"num_cpus": cfg.ray.num_cpus_per_actor, "max_concurrency": cfg.ray.actor_concurrency}
+        restarts = {"max_restarts": cfg.ray.max_restarts}
+        opts = {"num_cpus": cfg.ray.num_cpus_per_actor, "max_concurrency": cfg.ray.actor_concurrency, **restarts}
         if cfg.ray.num_gpus_per_actor:
             opts["num_gpus"] = cfg.ray.num_gpus_per_actor
         self.user_actors = [UserActor.options(**opts).remote(cfg, self.schema, i) for i in range(n)]
@@ -91,23 +100,58 @@ class Pipeline:
         self.generic_actor = None
         if cfg.ray.generic_actor and not cfg.ray.num_gpus_per_actor and cfg.train_users in ("all", "generic"):
             # two calls at once: the router's widen_fit arrives while train runs
-            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2).remote(cfg, self.schema, n)
-        self.sink = SinkActor.remote(cfg)
-        self.router = RouterActor.remote(cfg, self.schema, self.user_actors, self.sink, self.generic_actor)
+            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2, **restarts).remote(
+                cfg, self.schema, n)
+        self.sink = SinkActor.options(**restarts).remote(cfg)
+        self.router = RouterActor.options(**restarts).remote(
+            cfg, self.schema, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
         ray.get([a.warm_up.remote() for a in self._actors()])
 
     def _actors(self) -> list:
         return [*self.user_actors, *([self.generic_actor] if self.generic_actor is not None else [])]
 
-    def run_messages(self, messages: list[ControlMessage], *, progress: bool = True) -> list[MessageResult]:
+    def run_message(self, msg: ControlMessage, run_id: str, *, progress: bool = True) -> MessageResult:
+        """Run one message to completion (its models registered, its rows written).
+
+        The router may die mid-message: Ray restarts it and the message is sent again, marked
+        as a retry (no model trained twice, no row written twice), up to ``ray.max_restarts``
+        times. A message still running after ``ray.message_timeout_s`` is abandoned: the router
+        is restarted (stopping its work) and the result is a rejection saying so."""
+        import ray
+
+        attempts = 0
+        while True:
+            self._router_up()
+            ref = self.router.process.remote(msg, run_id, attempts > 0)
+            try:
+                return self._wait_with_progress(ref, msg, progress)
+            except ray.exceptions.RayActorError as exc:
+                attempts += 1
+                if attempts > self.cfg.ray.max_restarts:
+                    return _failed(msg, f"its router died {attempts} time(s) ({type(exc).__name__}); "
+                                   "see the Ray logs of RouterActor")
+                log.warning("router died during %s (%s); sending the message again", msg.message_id,
+                            type(exc).__name__)
+            except TimeoutError as exc:
+                ray.kill(self.router, no_restart=False)  # stops the message's work; Ray restarts it
+                return _failed(msg, str(exc))
+
+    def _router_up(self, timeout: float = 600) -> None:
+        """Wait until the router answers (it may be restarting after a crash or a timeout)."""
+        import ray
+
+        try:
+            ray.get(self.router.ping.remote(), timeout=timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # it cannot come back: the next call fails and is reported with the message
+
+    def run_messages(self, messages: list[ControlMessage], *, progress: bool = True,
+                     run_id: str | None = None) -> list[MessageResult]:
         """Run messages one after another (a training message finishes before the inference
         message after it); each result arrives once its work is durable."""
-        results = []
-        for msg in messages:
-            ref = self.router.process.remote(msg)
-            results.append(self._wait_with_progress(ref, msg, progress))
-        return results
+        run_id = run_id or new_run_id()
+        return [self.run_message(msg, run_id, progress=progress) for msg in messages]
 
     def _wait_with_progress(self, ref, msg: ControlMessage, progress: bool) -> MessageResult:
         import ray
@@ -116,22 +160,23 @@ class Pipeline:
         show = progress and sys.stderr.isatty()
         bars: dict[str, tqdm] = {}
         limit = self.cfg.ray.message_timeout_s
-        deadline = time.monotonic() + limit if limit else None
-        while True:
-            if deadline is not None and time.monotonic() > deadline:
-                ray.cancel(ref)
-                raise TimeoutError(
-                    f"control message {msg.message_id} did not finish within ray.message_timeout_s={limit} s"
-                )
-            done, _ = ray.wait([ref], timeout=0.25)
-            state = ray.get(self.router.progress.remote())
-            if show:
-                self._draw(bars, state, msg)
-            if done:
-                break
-        for bar in bars.values():
-            bar.close()
-        return ray.get(ref)
+        deadline = time.monotonic() + limit
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"did not finish within ray.message_timeout_s={limit:g} s; "
+                                       "raise it for larger inputs, or look for a storage that does not answer")
+                done, _ = ray.wait([ref], timeout=0.25)
+                if show:
+                    try:
+                        self._draw(bars, ray.get(self.router.progress.remote(), timeout=5), msg)
+                    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                        pass  # the router is restarting; the result says what happened
+                if done:
+                    return ray.get(ref)
+        finally:
+            for bar in bars.values():
+                bar.close()
 
     @staticmethod
     def _draw(bars: dict, state: Progress, msg: ControlMessage) -> None:
@@ -150,16 +195,31 @@ class Pipeline:
             bar.n = state.users_done
             bar.refresh()
 
-    def output_paths(self) -> dict:
+    def publish(self, run_id: str) -> dict:
+        """Make the run's output files the published ones (see dfp_ray.pipeline.write_to_file)."""
         import ray
 
-        return ray.get(self.sink.paths.remote())
+        return ray.get(self.sink.publish.remote(run_id))
 
     def shutdown(self) -> None:
         import ray
 
         for a in [self.router, self.sink, *self._actors()]:
             ray.kill(a)
+
+
+def _failed(msg: ControlMessage, reason: str) -> MessageResult:
+    return MessageResult(message_id=msg.message_id, kind=msg.kind, data_type=msg.metadata.data_type,
+                         rejection=Rejection.for_message(msg, reason))
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) readable by its owner only: state holds models, windows and
+    dead letters with raw log rows."""
+    existed = path.exists()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not existed:
+        path.chmod(0o700)
 
 
 def run(
@@ -171,38 +231,51 @@ def run(
     progress: bool = True,
     pipeline: Pipeline | None = None,
 ) -> RunSummary:
+    """Run control-message files, in order, and return what was durably done.
+
+    Each file is parsed on its own: a file that cannot be parsed, or a message that is
+    rejected, becomes a dead letter at once (``<state_dir>/dead_letters_<source>.jsonl``) and
+    the other messages still run. When at least one inference message completed, the run's
+    output files are published (see :mod:`dfp_ray.pipeline.write_to_file`); otherwise the
+    files an earlier run published stay as they were.
+    """
     started = time.perf_counter()
     summary = RunSummary()
+    make_private_dir(cfg.state_path)
     dead_path = Path(cfg.state_dir) / f"dead_letters_{cfg.source}.jsonl"
     dead = DeadLetterWriter(dead_path)
     messages: list[ControlMessage] = []
-    rejections: list[Rejection] = []
+    unparsed = 0
     for path in input_files:
         parsed = parse_control_messages(path)
+        for rej in parsed.rejections:
+            dead.write(rej)
+            summary.rejections.append(rej)
+        unparsed += len(parsed.rejections)
         messages.extend(parsed.messages)
-        rejections.extend(parsed.rejections)
     apply_time_window(messages, start_time, duration)
     owned = pipeline is None
     pipe = pipeline or Pipeline(cfg)
+    run_id = new_run_id()
+    scored_any = False
     try:
-        results = pipe.run_messages(messages, progress=progress)
-        paths = pipe.output_paths()
+        for msg in messages:
+            res = pipe.run_message(msg, run_id, progress=progress)
+            if res.rejection is not None:
+                dead.write(res.rejection)
+            for err in res.errors:
+                log.warning("%s: %s", res.message_id, err)
+            summary.add(res)
+            scored_any |= res.kind == "inference" and res.rejection is None
+        if scored_any:
+            paths = pipe.publish(run_id)
+            summary.detections_path, summary.scores_path = paths["detections"], paths["scores"]
+            summary.run_folder = paths["run_folder"]
     finally:
         if owned:
             pipe.shutdown()
-    for rej in rejections:
-        dead.write(rej)
-        summary.rejections.append(rej)
-    for res in results:
-        if res.rejection is not None:
-            dead.write(res.rejection)
-        for err in res.errors:
-            log.warning("%s: %s", res.message_id, err)
-        summary.add(res)
-    summary.messages = len(messages) + len(rejections)
+    summary.messages = len(messages) + unparsed
     summary.rejected = len(summary.rejections)
-    summary.detections_path = paths["detections"]
-    summary.scores_path = paths["scores"]
     summary.dead_letter_path = str(dead_path) if summary.rejected else None
     summary.seconds = time.perf_counter() - started
     return summary

@@ -172,3 +172,63 @@ def save_torch_formats(model, out_dir: Path) -> dict[str, Path]:
     torch.save(model.state_dict(), paths["state_dict"])
     paths["model_def"].write_text(TORCH_MODEL_DEF)
     return paths
+
+
+# ----------------------------------------------------------------------------- hostile archives
+# Builders of damaged or forged fingerprint zips, shared by the library and the HTTP tests.
+
+
+def rezip(original: bytes, extra: dict[str, bytes] | None = None, replace: dict[str, bytes] | None = None) -> bytes:
+    """The zip ``original`` rewritten with members replaced and/or added (names are not checked)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(original)) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, (replace or {}).get(info.filename, src.read(info)))
+        for name, data in (extra or {}).items():
+            dst.writestr(name, data)
+    return buf.getvalue()
+
+
+def read_manifest(archive: bytes) -> dict:
+    import io
+    import json
+    import zipfile
+
+    return json.loads(zipfile.ZipFile(io.BytesIO(archive)).read("manifest.json"))
+
+
+def with_manifest(archive: bytes, manifest: dict, *, reseal: bool, key: bytes | None = None) -> bytes:
+    """``archive`` with its manifest replaced; ``reseal`` recomputes the integrity hash (as an attacker can)."""
+    import json
+
+    from dfp_ray.fingerprint.archive import seal
+
+    body = seal(manifest, key) if reseal else manifest
+    return rezip(archive, replace={"manifest.json": json.dumps(body).encode()})
+
+
+def forge_member_size(archive: bytes, member: str, file_size: int) -> bytes:
+    """Rewrite the uncompressed size a zip declares for ``member`` (local header and central directory).
+
+    The compressed data stays as it was: a lying header, as a forged or bit-flipped upload has.
+    """
+    import io
+    import struct
+    import zipfile
+
+    data = bytearray(archive)
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        info = zf.getinfo(member)
+        start_dir = zf.start_dir
+    struct.pack_into("<I", data, info.header_offset + 22, file_size)  # local file header: uncompressed size
+    pos = start_dir
+    while data[pos : pos + 4] == b"PK\x01\x02":  # central directory entries
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
+        name = bytes(data[pos + 46 : pos + 46 + name_len]).decode()
+        if name == member:
+            struct.pack_into("<I", data, pos + 24, file_size)
+        pos += 46 + name_len + extra_len + comment_len
+    return bytes(data)

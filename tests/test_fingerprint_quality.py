@@ -53,7 +53,8 @@ def _check_quality(fp, digits, model):
 def test_keras_h5_model_separates_digits_from_ood(keras_h5, digits):
     fp = nfp.create(digits.x_train, keras_h5, model_type="keras", partial_activations=0.2)
     assert fp.kind == "layered"
-    assert fp.layer_names == ["conv1", "pool1", "conv2", "pool2", "dense"]
+    # Every Keras layer but the output (here Dense+softmax), Flatten included: the original service's count.
+    assert fp.layer_names == ["conv1", "pool1", "conv2", "pool2", "flatten"]
     # 16 channels x 4x4 cells x (mean, max) = 512 mapped units, 20% kept.
     assert fp.manifest.layers[0].mapped_size == 512
     assert len(fp.manifest.layers[0].units_kept) == 103
@@ -111,7 +112,7 @@ def test_cli_create_and_score_json(keras_h5, digits, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["score"] >= 95.0 and out["percentile"] == 95.0
     assert len(out["flags"]) == len(out["sample_scores"]) == 200
-    assert [layer["name"] for layer in out["layers"]] == ["conv1", "pool1", "conv2", "pool2", "dense"]
+    assert [layer["name"] for layer in out["layers"]] == ["conv1", "pool1", "conv2", "pool2", "flatten"]
     assert all(len(layer["scores"]) == 200 for layer in out["layers"])
     assert out["threshold"] == pytest.approx(nfp.load_fingerprint(fp_path).threshold(95.0))
 

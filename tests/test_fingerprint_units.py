@@ -183,7 +183,7 @@ def test_fingerprint_round_trip_and_manifest(tiny_torch, tmp_path):
         names = sorted(zf.namelist())
         manifest = json.loads(zf.read("manifest.json"))
     assert names == ["layers/000.safetensors", "layers/001.safetensors", "layers/002.safetensors", "manifest.json"]
-    assert manifest["format"] == "dfp-ray-fingerprint" and manifest["format_version"] == 1
+    assert manifest["format"] == "dfp-ray-fingerprint" and manifest["format_version"] == 2
     assert manifest["kind"] == "layered" and manifest["num_layers"] == 3
     assert manifest["model"]["weights_sha256"] == nfp.load_model(out / "m.pt2", device="cpu").weights_sha256
     assert manifest["created_at"].endswith("Z") or "+00:00" in manifest["created_at"]
@@ -244,6 +244,7 @@ def test_keras_dot_keras_format_and_layer_choice(tmp_path):
     x = np.random.default_rng(0).random((120, 64)).astype(np.float32)  # flat rows, reshaped to 8x8x1
     loaded = nfp.load_model((tmp_path / "m.keras").read_bytes(), device="cpu")
     assert loaded.framework == "keras" and loaded.layer_names == ["c", "gap", "out"]
+    assert loaded.default_layer_names == ["c", "gap"]  # the output layer is selectable, not a default
     fp = nfp.create(x, loaded, layers=["c", "out"], epochs=2)
     assert fp.layer_names == ["c", "out"] and fp.manifest.input_shape == [8, 8, 1]
     assert fp.manifest.layers[0].raw_shape == [4, 6, 6]  # stored channel-first
@@ -264,7 +265,9 @@ def test_keras_functional_model_with_a_branch(tmp_path):
     model = keras.Model(inp, out)
     model.save(str(tmp_path / "f.h5"))
     loaded = nfp.load_model(tmp_path / "f.h5", device="cpu")
-    assert loaded.layer_names == ["a", "b", "out"]  # Add owns no weights: skipped
+    # Every layer counts, weights or not; the output layer is found from the model's outputs.
+    assert loaded.layer_names == ["a", "b", "add", "out"]
+    assert loaded.default_layer_names == ["a", "b", "add"]
     x = np.random.default_rng(0).random((7, 6)).astype(np.float32)
     outs = loaded.layer_outputs(x, ["out", "a"])
     np.testing.assert_allclose(outs[0].detach().cpu().numpy(), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
@@ -299,3 +302,13 @@ def test_cuda_scores_match_cpu(tiny_torch):
     on_gpu = nfp.score(fp_gpu, x[:50], out / "m.pt2", device="cuda")
     on_cpu = nfp.score(fp_gpu, x[:50], out / "m.pt2", device="cpu")
     np.testing.assert_allclose(on_gpu.sample_scores, on_cpu.sample_scores, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("d", [1, 10, 300, 5000])
+def test_expected_state_shapes_match_the_network(d):
+    """The archive reader checks weights against these shapes instead of building the network first."""
+    from dfp_ray.fingerprint.autoencoders import AutoencoderShape, LayerAutoencoder, expected_state_shapes
+
+    shape = AutoencoderShape.for_input(d)
+    actual = {name: tuple(t.shape) for name, t in LayerAutoencoder(shape).state_dict().items()}
+    assert expected_state_shapes(shape) == actual

@@ -38,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 def make_cfg(tmp: Path, **extra):
     overrides = {"source": "duo", "state_dir": str(tmp / "state"), "output.directory": str(tmp / "out"),
                  "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2,
-                 "ray.message_timeout_s": 300, **SMALL_AE}
+                 "ray.message_timeout_s": 300, "input.data_roots": [str(tmp.parent)], **SMALL_AE}
     overrides.update(extra)
     return load_config(None, overrides)
 
@@ -197,7 +197,7 @@ def test_bad_messages_go_to_dead_letters_and_the_rest_runs(ray_session, data, tm
     ]}))
     state = tmp_path / "state"
     args = ["run", "--input-file", str(bad_file), "--state-dir", str(state), "--output", str(tmp_path / "out"),
-            "--num-actors", "2", "--no-progress", "--set", "min_train_rows=5"]
+            "--num-actors", "2", "--no-progress", "--set", "min_train_rows=5", "--data-root", str(tmp_path.parent)]
     for key, value in SMALL_AE.items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     rc = cli_main(args)
@@ -258,7 +258,8 @@ def test_s3_globs_load_like_local_files(ray_session, data, tmp_path):
                       {"type": "training", "properties": {}}],
             "metadata": {"data_type": "payload"},
         }]}))
-        cfg = make_cfg(tmp_path, storage_options=opts, train_users="generic")
+        cfg = make_cfg(tmp_path, storage_options=opts, train_users="generic",
+                       **{"input.data_roots": [str(tmp_path), "s3://dfp-logs"]})
         summary = run(cfg, [str(message)], progress=False)
     assert summary.ok, summary.rejections
     local_files = list((data / "duo" / "training").glob("*.json"))

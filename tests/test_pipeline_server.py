@@ -29,7 +29,7 @@ def test_train_and_infer_through_a_tracking_server(ray_session, server, tmp_path
     cfg = load_config(None, {
         "source": "duo", "state_dir": str(tmp_path / "state"), "output.directory": str(tmp_path / "out"),
         "output.write_all_scores": True, "min_train_rows": 5, "ray.num_user_actors": 2,
-        "ray.message_timeout_s": 300, "mlflow.tracking_uri": server.uri,
+        "ray.message_timeout_s": 300, "mlflow.tracking_uri": server.uri, "input.data_roots": [str(tmp_path)],
         "autoencoder.encoder_layers": [32, 16], "autoencoder.decoder_layers": [32], "autoencoder.epochs": 3,
     })
     msgs = data / "control_messages"

@@ -28,7 +28,7 @@ def test_default_data_meets_the_quality_bar(ray_session, tmp_path, source):
     generate(DatagenConfig(out=str(tmp_path / "data"), sources=[source]), progress=False)  # 20 users, 29 + 2 days
     cfg = load_config(None, {"source": source, "state_dir": str(tmp_path / "state"),
                              "output.directory": str(tmp_path / "out"), "output.write_all_scores": True,
-                             "ray.message_timeout_s": 600})
+                             "ray.message_timeout_s": 600, "input.data_roots": [str(tmp_path)]})
     pipe = Pipeline(cfg)
     msgs = tmp_path / "data" / "control_messages"
     train = run(cfg, [str(msgs / f"{source}_payload_training.json")], pipeline=pipe, progress=False)

@@ -31,13 +31,14 @@ from dfp_ray.controllers.router import (
     users_per_owner,
     widen_threads,
 )
+from dfp_ray.controllers.user import WorkKey
 from dfp_ray.messages import ControlMessage, Rejection
 from dfp_ray.pipeline.file_batcher import plan_batches
 from dfp_ray.pipeline.fsspec_loader import FileSelectionError
 from dfp_ray.pipeline.split_users import owner_index, trains_generic, trains_individual
 from dfp_ray.readers.frame_cache import FrameCache
-from dfp_ray.registry.names import GENERIC_LABEL
-from dfp_ray.results import InferBatch, LoadInfo, MessageResult, Progress, TrainResult
+from dfp_ray.registry.names import GENERIC_LABEL, user_label
+from dfp_ray.results import InferBatch, LoadInfo, MessageResult, Progress, SinkWrite, TrainResult
 from dfp_ray.schemas import SourceSchema
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,20 @@ class RouterActor:
     def progress(self) -> Progress:
         return self.progress_state.snapshot()
 
+    @ray.method(max_task_retries=-1)
+    def ping(self) -> bool:
+        """Answers once the router is up (Ray holds the call while a dead router restarts)."""
+        return True
+
     # ------------------------------------------------------------------------------------
-    def process(self, msg: ControlMessage) -> MessageResult:
-        """Run one control message to completion; never raises for bad input."""
+    def process(self, msg: ControlMessage, run_id: str, retry: bool = False) -> MessageResult:
+        """Run one control message of run ``run_id`` to completion; never raises for bad input.
+
+        ``retry``: the message was sent before and its router died; models already registered
+        for it are reported rather than trained again, rows already written are not rewritten."""
         self.progress_state.start(msg.message_id, msg.kind)
         start = self._message_started = time.perf_counter()
+        self._work = WorkKey(run_id=run_id, message_id=msg.message_id, retry=retry)
         result = MessageResult(message_id=msg.message_id, kind=msg.kind, data_type=msg.metadata.data_type)
         try:
             self._process(msg, result)
@@ -81,7 +91,7 @@ class RouterActor:
         return result
 
     def _process(self, msg: ControlMessage, result: MessageResult) -> None:
-        batches = plan_batches(msg, self.cfg.storage_options)
+        batches = plan_batches(msg, self.cfg.storage_options, roots=self.cfg.input.roots())
         self.progress_state.stage("loading", files_total=sum(len(b.files) for b in batches))
         training = msg.kind == "training" and self.cfg.train_users != "none"
         keep_whole = training and trains_generic(self.cfg.train_users)
@@ -112,7 +122,7 @@ class RouterActor:
         calls = [
             self.actors[i].load_and_split.options(num_returns=n + 2).remote(
                 chunk, file_opts, self.cfg.storage_options, self.cache.batch_key(chunk, file_opts, fingerprint),
-                n, keep_whole)
+                n, msg.metadata.batching_options, keep_whole)
             for i, chunk in enumerate(plan_chunks(files, n, self.cfg.ray))
         ]
         infos: list[LoadInfo] = _get([c[0] for c in calls])
@@ -138,46 +148,56 @@ class RouterActor:
         self.progress_state.add(users_total=sum(users[j] for j in owners) + (generic_at is not None))
         wholes = [r[n] for r in refs]
         fit_id = f"{result.message_id}:{uuid.uuid4().hex}"
-        pool: list = []
+        calls: list[_TrainCall] = []
         for j in sorted(set(owners) | ({generic_at} - {None, GENERIC_ACTOR})):
             parts = [r[j] for r in refs] if j in owners else []
-            generic = wholes if generic_at == j else []
-            pool.append(self.actors[j].train_parts.remote(
-                data_type, len(parts), individual, fit_id if generic else None, *parts, *generic))
-        generic_gen = None
+            owed: list[str | None] = sorted(set().union(*(i.owner_users[j] for i in infos))) if j in owners else []
+            if generic_at == j:
+                owed.append(None)
+            calls.append(_TrainCall(self.actors[j], [data_type, len(parts), individual,
+                                    fit_id if generic_at == j else None], [*parts, *(wholes if generic_at == j else [])],
+                                    owed, generic=False))
         if generic_at == GENERIC_ACTOR:
-            generic_gen = self.generic_actor.train_parts.remote(data_type, 0, False, fit_id, *wholes)
-        self._collect_training(pool, generic_gen, fit_id, result)
+            calls.append(_TrainCall(self.generic_actor, [data_type, 0, False, fit_id], wholes, [None], generic=True))
+        self._collect_training(calls, fit_id, result)
         if generic_at is not None:
             # Every actor may fall back to the generic model: drop any cached "not found" or
-            # older version now rather than after mlflow.refresh_seconds.
-            ray.get([a.invalidate.remote(None) for a in self.actors])
+            # older version now rather than after mlflow.refresh_seconds. (An actor that is
+            # restarting has an empty cache anyway.)
+            for ref in [a.invalidate.remote(None) for a in self.actors]:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    pass
 
-    def _collect_training(self, pool: list, generic_gen, fit_id: str, result: MessageResult) -> None:
+    def _collect_training(self, calls: list[_TrainCall], fit_id: str, result: MessageResult) -> None:
         """Record every model as it is registered; once the pool is done, widen the generic
-        fit if it is still running (the pool's CPUs would idle for the rest of it)."""
-        pending = [*pool, *([generic_gen] if generic_gen is not None else [])]
-        pool_left = len(pool)
-        threads = widen_threads(self.cfg.ray, len(self.actors)) if generic_gen is not None else 1
+        fit if it is still running (the pool's CPUs would idle for the rest of it). A call
+        whose actor died is sent again, once Ray restarted the actor, for the models still owed."""
+        for call in calls:
+            call.start(self._work)
+        threads = widen_threads(self.cfg.ray, len(self.actors)) if any(c.generic for c in calls) else 1
         widened = False
-        while pending:
-            generic_done = generic_gen is None or all(g is not generic_gen for g in pending)
-            if not widened and should_widen(threads=threads, pool_done=pool_left == 0, generic_done=generic_done):
+        while pending := [c for c in calls if not c.done]:
+            pool_done = all(c.done for c in calls if not c.generic)
+            generic_done = all(c.done for c in calls if c.generic)
+            if not widened and should_widen(threads=threads, pool_done=pool_done, generic_done=generic_done):
                 widened = True
                 granted = ray.get(self.generic_actor.widen_fit.remote(threads, fit_id))
                 result.generic_widened_at_s = round(time.perf_counter() - self._message_started, 3)
                 result.generic_widened_threads = granted
                 log.info("pool done: the generic model's fit continues on %d threads", granted)
-            ready, _ = ray.wait(pending, num_returns=1)
-            gen = ready[0]
+            ready, _ = ray.wait([c.gen for c in pending], num_returns=1)
+            call = next(c for c in pending if c.gen is ready[0])
             try:
-                item = next(gen)
+                res: TrainResult = _get(next(call.gen))
             except StopIteration:
-                pending = [g for g in pending if g is not gen]
-                if gen is not generic_gen:
-                    pool_left -= 1
+                call.done = True
                 continue
-            res: TrainResult = _get(item)
+            except ray.exceptions.RayActorError as exc:
+                call.restart(self._work, exc, self.cfg.ray.max_restarts, result)
+                continue
+            call.received(res)
             result.record_training(res)
             self.progress_state.add(users_done=1)
 
@@ -190,13 +210,59 @@ class RouterActor:
         users = users_per_owner(infos, n)
         self.progress_state.stage("inference")
         self.progress_state.add(users_total=sum(users[j] for j in owners))
-        calls = [self.actors[j].infer_parts.remote(self.sink, *(r[j] for r in refs)) for j in owners]
+        run_id = self._work.run_id
+        before: SinkWrite = ray.get(self.sink.rows.remote(run_id))
+        calls = [self.actors[j].infer_parts.remote(self.sink, run_id, *(r[j] for r in refs)) for j in owners]
         pending = list(calls)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             batch: InferBatch = _get(ready[0])
             result.record_inference(batch)
             self.progress_state.add(users_done=len(batch.users))
+        # What is durably in the run's files, not what the calls said: a call retried after a
+        # crash writes its rows once but reports them again.
+        after: SinkWrite = ray.get(self.sink.rows.remote(run_id))
+        result.detections += after.detections - before.detections
+
+
+class _TrainCall:
+    """One actor's training call of a message, and what it still owes (for a resend)."""
+
+    def __init__(self, actor, args: list, frames: list, owed: list[str | None], *, generic: bool):
+        self.actor, self.args, self.frames, self.generic = actor, args, frames, generic
+        self.owed: list[str | None] = list(owed)
+        self.done = False
+        self.gen = None
+        self.attempts = 0
+
+    def start(self, work: WorkKey, *, retry: bool = False) -> None:
+        key = work.model_copy(update={"only": self.owed if (retry or work.retry) else None,
+                                      "retry": retry or work.retry})
+        self.gen = self.actor.train_parts.remote(*self.args, key, *self.frames)
+        self.attempts += 1
+
+    def received(self, res: TrainResult) -> None:
+        user = None if res.generic else res.user
+        if user in self.owed:
+            self.owed.remove(user)
+
+    def restart(self, work: WorkKey, exc: Exception, max_restarts: int, result: MessageResult) -> None:
+        """The actor died mid-call: send the models still owed again (Ray restarts the actor and
+        queues the call), or give up on them after ``max_restarts`` attempts."""
+        if self.attempts > max_restarts or not self.owed:
+            for user in self.owed:
+                result.record_training(TrainResult(
+                    user=user_label(user), generic=user is None, rows=0, trained=False,
+                    reason=f"error: its actor died {self.attempts} time(s): {type(exc).__name__}"))
+            self.owed, self.done = [], True
+            return
+        log.warning("a user actor died while training (%s); sending %d model(s) again", type(exc).__name__,
+                    len(self.owed))
+        try:  # Ray holds this call until the actor is back (or gives up when it cannot restart)
+            ray.get(self.actor.ping.remote(), timeout=600)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # the resend fails at once and counts as another attempt
+        self.start(work, retry=True)
 
 
 def _get(refs: Any) -> Any:

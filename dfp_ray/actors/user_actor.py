@@ -11,8 +11,8 @@ import os
 import ray
 
 from dfp_ray.config import DFPConfig
-from dfp_ray.controllers.user import UserController, concat_parts
-from dfp_ray.messages import FileToDfOptions
+from dfp_ray.controllers.user import UserController, WorkKey, concat_parts
+from dfp_ray.messages import BatchingOptions, FileToDfOptions
 from dfp_ray.pipeline.fsspec_loader import FileRef
 from dfp_ray.results import InferBatch, InferResult, SinkWrite
 from dfp_ray.schemas import SourceSchema
@@ -30,27 +30,33 @@ class UserActor:
         self.index = index
         self.controller = UserController(cfg, schema, index, threads=threads)
 
+    @ray.method(max_task_retries=-1)  # a pure read: safe to run again on a restarted actor
     def load_and_split(self, files: list[FileRef], file_opts: FileToDfOptions | None, storage_options: dict,
-                       cache_key: str | None, pool_size: int, keep_whole: bool) -> tuple:
+                       cache_key: str | None, pool_size: int, batching: BatchingOptions | None,
+                       keep_whole: bool) -> tuple:
         """Read and map one chunk of a batch and split its rows by owning actor.
 
         Returns ``(LoadInfo, part_0, ..., part_{pool_size-1}, whole)`` (call with
         ``num_returns=pool_size + 2``): the router hands each part's reference straight to its
         owner, so rows go loader -> owner through the object store, never through the router."""
         info, parts, whole = self.controller.load_for_owners(
-            files, file_opts, storage_options, cache_key, pool_size, keep_whole=keep_whole)
+            files, file_opts, storage_options, cache_key, pool_size, batching=batching, keep_whole=keep_whole)
         return (info, *parts, whole)
 
     def train_parts(self, data_type: str, n_user_parts: int, train_individual: bool, fit_id: str | None,
-                    *frames):
+                    work: WorkKey, *frames):
         """Train the users of the first ``n_user_parts`` frames and, when more frames follow
         (whole chunks), the generic model; yields one :class:`TrainResult` per model (a Ray
-        streaming generator, so the router sees each model as soon as it is registered)."""
+        streaming generator, so the router sees each model as soon as it is registered).
+
+        Not retried by Ray: after an actor died the router sends the models still owed again
+        (``work.only``), and versions registered just before the crash are not trained twice."""
         yield from self.controller.train_parts(
             frames[:n_user_parts], frames[n_user_parts:], data_type,
-            train_individual=train_individual, fit_id=fit_id)
+            train_individual=train_individual, fit_id=fit_id, work=work)
 
-    def infer_parts(self, sink, *frames) -> InferBatch:
+    @ray.method(max_task_retries=-1)  # safe to run again: the sink skips rows it already wrote
+    def infer_parts(self, sink, run_id: str, *frames) -> InferBatch:
         """Score the parts several loaders sent this actor, in calls of at most
         ``ray.users_per_call`` users, and hand each call's detections (and, with
         ``output.write_all_scores``, every score) to the sink; returns once written."""
@@ -74,7 +80,7 @@ class UserActor:
             batch.users.extend(results)
             if any(not r.error for r in results):
                 scores = scored if c.cfg.output.write_all_scores else None
-                written: SinkWrite = ray.get(sink.write.remote(detections, scores))
+                written: SinkWrite = ray.get(sink.write.remote(run_id, detections, scores))
                 batch.written.detections += written.detections
                 batch.written.scores += written.scores
         return batch
@@ -82,6 +88,11 @@ class UserActor:
     def widen_fit(self, threads: int, fit_id: str) -> int:
         """See :meth:`UserController.widen_fit` (needs an actor that runs two calls at once)."""
         return self.controller.widen_fit(threads, fit_id)
+
+    @ray.method(max_task_retries=-1)
+    def ping(self) -> int:
+        """Answers once the actor is up (Ray holds the call while a dead actor restarts)."""
+        return self.index
 
     def invalidate(self, user: str | None) -> None:
         """Forget the cached model (or cached absence) of ``user``; the next use asks MLflow."""

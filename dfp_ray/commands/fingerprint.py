@@ -57,6 +57,28 @@ def _add_model_options(p: argparse.ArgumentParser, *, for_score: bool) -> None:
                    "admitted; anything else in a pickle is refused, never executed)")
     p.add_argument("--dataset-key", help="name of the array inside an .npz or a pickled dict")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
+    _add_key_option(p, signs=not for_score)
+
+
+def _add_key_option(p: argparse.ArgumentParser, *, signs: bool) -> None:
+    what = "sign the fingerprint with it (HMAC-SHA256)" if signs else (
+        "accept only fingerprints signed with it")
+    p.add_argument("--key-env", metavar="NAME",
+                   help=f"name of an environment variable holding an HMAC key: {what} "
+                   "(conventionally DFP_RAY_FINGERPRINT_KEY; the key itself never goes on the command line)")
+
+
+def _key(args: argparse.Namespace) -> bytes | None:
+    """The HMAC key named by --key-env; an unset variable is an error (not a silent unsigned run)."""
+    import os
+
+    name = getattr(args, "key_env", None)
+    if not name:
+        return None
+    value = os.environ.get(name, "")
+    if not value:
+        raise ValueError(f"--key-env {name}: environment variable {name} is not set (or empty)")
+    return value.encode()
 
 
 def register(subparsers: Any) -> None:
@@ -124,6 +146,7 @@ def register(subparsers: Any) -> None:
     info = sub.add_parser("info", help="print a fingerprint's manifest summary as JSON",
                           description="Validate a fingerprint zip and print its settings and layers as JSON.")
     info.add_argument("--fingerprint", required=True, help="fingerprint zip to describe")
+    _add_key_option(info, signs=False)
     info.set_defaults(handler=run_info)
 
 
@@ -136,6 +159,7 @@ def run_create(args: argparse.Namespace) -> int:
     from dfp_ray import fingerprint as nfp
 
     try:
+        key = _key(args)
         fp = nfp.create(
             args.dataset,
             args.model,
@@ -158,7 +182,7 @@ def run_create(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
-        out = fp.save(args.out)
+        out = fp.save(args.out, key=key)
     except nfp.FingerprintError as exc:
         return _fail(exc)
     except ValueError as exc:  # pydantic validation of the settings
@@ -174,6 +198,7 @@ def run_score(args: argparse.Namespace) -> int:
     if args.model is None and (args.model_type or args.model_def):
         return _fail(ValueError("--model-type/--model-def need --model"))
     try:
+        key = _key(args)
         result = nfp.score(
             args.fingerprint,
             args.dataset,
@@ -187,8 +212,9 @@ def run_score(args: argparse.Namespace) -> int:
             activation_mapping=args.activation_mapping,
             device=args.device,
             batch_size=args.batch_size,
+            key=key,
         )
-    except nfp.FingerprintError as exc:
+    except ValueError as exc:  # FingerprintError is a ValueError; so is an unset --key-env
         return _fail(exc)
     if args.json:
         print(result.model_dump_json())
@@ -204,8 +230,8 @@ def run_info(args: argparse.Namespace) -> int:
     from dfp_ray import fingerprint as nfp
 
     try:
-        fp = nfp.load_fingerprint(args.fingerprint)
-    except nfp.FingerprintError as exc:
+        fp = nfp.load_fingerprint(args.fingerprint, key=_key(args))
+    except ValueError as exc:
         return _fail(exc)
     m = fp.manifest
     summary = {
@@ -213,6 +239,7 @@ def run_info(args: argparse.Namespace) -> int:
         "num_layers": m.num_layers,
         "created_at": m.created_at.isoformat(),
         "format_version": m.format_version,
+        "signed": bool(m.integrity and m.integrity.hmac_sha256),
         "input_shape": m.input_shape,
         "default_percentile": m.default_percentile,
         "settings": m.settings.model_dump(),

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from dfp_ray.config import DFPConfig
-from dfp_ray.messages import FileToDfOptions
+from dfp_ray.messages import BatchingOptions, FileToDfOptions
 from dfp_ray.pipeline.data_prep import prepare_features
+from dfp_ray.pipeline.file_batcher import OUTSIDE_WINDOW, keep_rows_in_window
 from dfp_ray.pipeline.file_to_df import read_and_map
 from dfp_ray.pipeline.filter_detections import filter_detections
 from dfp_ray.pipeline.frames import DetectionFrame, MappedFrame, ScoredFrame, UserFrame
@@ -45,6 +47,25 @@ log = logging.getLogger(__name__)
 
 class NoModelError(LookupError):
     """Neither the user nor the generic model is registered."""
+
+
+WORK_TAG = "dfp_work"  # model-version tag: the run and message that trained the version
+
+
+class WorkKey(BaseModel):
+    """Which run and message a training call belongs to; on a retry, which models are still owed."""
+
+    run_id: str
+    message_id: str
+    retry: bool = False
+    only: list[str | None] | None = None  # models still owed (None in it: the generic model)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.run_id}/{self.message_id}"
+
+    def wants(self, user: str | None) -> bool:
+        return self.only is None or user in self.only
 
 
 def concat_parts(parts: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
@@ -117,22 +138,29 @@ class UserController:
         cache_key: str | None,
         pool_size: int,
         *,
+        batching: BatchingOptions | None = None,
         keep_whole: bool = False,
     ) -> tuple[LoadInfo, list[MappedFrame | None], MappedFrame | None]:
-        """Read and map one chunk of a batch, keep the configured users, split by owning actor.
+        """Read and map one chunk of a batch, keep the rows inside the message's time window
+        (``batching``) and the configured users, split by owning actor.
 
-        Returns the chunk's :class:`LoadInfo`, one part per owner index, and (``keep_whole``)
-        the whole chunk for the generic model's trainer. On an unreadable file nothing is
-        returned but the errors: the router rejects the message, naming every file."""
+        Returns the chunk's :class:`LoadInfo` (with the records dropped, per reason), one part
+        per owner index, and (``keep_whole``) the whole chunk for the generic model's trainer.
+        On an unreadable file nothing is returned but the errors: the router rejects the
+        message, naming every file."""
         loaded = read_and_map(files, self.schema, options=file_opts, storage_options=storage_options,
                               cache=self.file_cache, cache_key=cache_key)
         info = LoadInfo(files=len(files), files_from_cache=loaded.files_from_cache,
                         errors=[FileProblem(url=e.url, reason=e.reason) for e in loaded.errors],
-                        owner_users=[[] for _ in range(pool_size)], owner_rows=[0] * pool_size)
+                        owner_users=[[] for _ in range(pool_size)], owner_rows=[0] * pool_size,
+                        skipped=dict(loaded.skipped))
         if loaded.errors:
             return info, [None] * pool_size, None
         s = self.schema
-        frame = filter_users(loaded.frame, s.user_column, self.cfg.only_users, self.cfg.skip_users)
+        frame, outside = keep_rows_in_window(loaded.frame, s.time_column, batching)
+        if outside:
+            info.skipped[OUTSIDE_WINDOW] = info.skipped.get(OUTSIDE_WINDOW, 0) + outside
+        frame = filter_users(frame, s.user_column, self.cfg.only_users, self.cfg.skip_users)
         parts = split_by_owner(frame, s.user_column, pool_size)
         info.rows = len(frame)
         info.owner_users = [sorted(p[s.user_column].astype(str).unique()) for p in parts]
@@ -165,36 +193,50 @@ class UserController:
         *,
         train_individual: bool = True,
         fit_id: str | None = None,
+        work: WorkKey | None = None,
     ) -> Iterator[TrainResult]:
         """Train every model this actor was sent rows for, largest frame first.
 
         ``user_parts``: the parts of the users it owns (one per loaded chunk); ``generic_parts``:
         whole chunks, when this actor trains the generic model (whose fit is ``fit_id``).
-        Yields one :class:`TrainResult` per model as soon as it is registered."""
-        work: list[tuple[str | None, UserFrame]] = []
+        ``work`` says which run and message this is, and, when the work is sent again after an
+        actor died, which models are still owed. Yields one :class:`TrainResult` per model as
+        soon as it is registered."""
+        todo: list[tuple[str | None, UserFrame]] = []
         generic = concat_parts(generic_parts)
-        if generic is not None:
-            work.append((None, generic))
+        if generic is not None and (work is None or work.wants(None)):
+            todo.append((None, generic))
         users = concat_parts(user_parts)
         if users is not None and train_individual:
-            work.extend(split_by_user(users, self.schema.user_column))
+            todo.extend((u, f) for u, f in split_by_user(users, self.schema.user_column)
+                        if work is None or work.wants(u))
         # stable sort: equal sizes keep the generic model first, then users by name
-        for user, frame in sorted(work, key=lambda w: -len(w[1])):
-            yield self.train(user, frame, data_type, fit_id if user is None else None)
+        for user, frame in sorted(todo, key=lambda w: -len(w[1])):
+            yield self.train(user, frame, data_type, fit_id if user is None else None, work=work)
 
     def train(
-        self, user: str | None, frame: UserFrame, data_type: str = "payload", fit_id: str | None = None
+        self, user: str | None, frame: UserFrame, data_type: str = "payload", fit_id: str | None = None,
+        *, work: WorkKey | None = None,
     ) -> TrainResult:
         """Train (and register) a model for ``user`` (``None``: the generic model) on ``frame``
         (mapped rows, any order). Never raises: a failure is a result with the reason, so one
         user's failure does not lose the others' work.
 
-        ``fit_id`` names this call for :meth:`widen_fit` (any string unique per call)."""
+        ``fit_id`` names this call for :meth:`widen_fit` (any string unique per call). With a
+        ``work`` key the version is tagged with it, and on a retry a version already tagged so
+        (registered just before the actor died) is reported instead of training again."""
         start = time.perf_counter()
         base = {"user": user_label(user), "generic": user is None, "worker": self.worker_index}
         if user is not None:
             self.users_seen.add(user)
         try:
+            if work is not None and work.retry:
+                done = self.registry.version_with_tag(self.cfg.source, user, WORK_TAG, work.tag)
+                if done is not None:
+                    self.cache.invalidate(self.cfg.source, user)
+                    return TrainResult(**base, rows=len(frame), trained=True, model_version=done.label,
+                                       seconds=time.perf_counter() - start,
+                                       reason="registered before its actor restarted; not trained again")
             with self._fit_lock:
                 self._fit_id = fit_id
                 try:
@@ -206,9 +248,12 @@ class UserController:
                 return TrainResult(**base, rows=len(frame), trained=False, reason=fitted)
             model, report, prepared = fitted
             registering = time.perf_counter()
+            tags = {"data_type": data_type, **({WORK_TAG: work.tag} if work is not None else {})}
             ref = write_model(self.registry, source=self.cfg.source, user=user, model=model, report=report,
-                              schema=self.schema, prepared=prepared, tags={"data_type": data_type})
+                              schema=self.schema, prepared=prepared, tags=tags)
             self.cache.put(self.cfg.source, user, model, ref)
+            if data_type == "streaming":  # the emitted window is checkpointed only once registered
+                self._window(user).save(self._window_path(user))
         except Exception as exc:  # noqa: BLE001 - reported in the result, the message goes on
             log.exception("training %s failed", user_label(user))
             return TrainResult(**base, rows=len(frame), trained=False, reason=f"error: {type(exc).__name__}: {exc}")
@@ -253,10 +298,12 @@ class UserController:
         if data_type == "streaming":
             win = self._window(user)
             due = win.append(frame)
-            win.save(self._window_path(user))
             if due is None:
+                win.save(self._window_path(user))
                 return (f"rolling window holds {len(win.rows)} rows, {win.new_since_emit} new "
                         f"(needs {self.cfg.window.min_history} and {self.cfg.window.min_increment} new)")
+            # Due: the window is saved after the model is registered (see train), so an actor that
+            # dies in between finds the rows still new when the batch is sent again.
             frame = due
         reason = too_few_rows(len(frame), self.cfg.min_train_rows)
         if reason:

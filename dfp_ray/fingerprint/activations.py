@@ -48,6 +48,8 @@ class LayerInfo:
     name: str
     kind: str
     channel_axis: ChannelAxis
+    is_output: bool = False
+    """The model's final output layer: selectable, but not fingerprinted by default (Keras)."""
 
 
 @dataclass
@@ -86,7 +88,13 @@ class LoadedModel(ABC):
 
     @property
     def layer_names(self) -> list[str]:
+        """Every layer that can be fingerprinted (chosen with ``layers=[...]``)."""
         return [info.name for info in self.layers]
+
+    @property
+    def default_layer_names(self) -> list[str]:
+        """The layers a fingerprint covers when none are chosen (all of them unless a framework says otherwise)."""
+        return [info.name for info in self.layers if not info.is_output]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -147,7 +155,7 @@ def select_units(size: int, fraction: float, seed: int, layer_index: int) -> np.
     ``numpy.random.default_rng([seed, layer_index])``.
     """
     if not 0.0 < fraction <= 1.0:
-        raise FingerprintError(f"partial_activations must be in (0, 1], got {fraction}")
+        raise FingerprintError(f"partial_activations must be in (0, 1], got {fraction}", field="partial_activations")
     keep = max(math.ceil(fraction * size), min(size, MIN_UNITS))
     if keep >= size:
         return np.arange(size, dtype=np.int64)
@@ -199,7 +207,8 @@ def fit_input_layout(
                 return x[:, None]
     raise FingerprintError(
         f"dataset samples have shape {got} but the model expects {want} "
-        f"(channel-{layout}); reshape the data or check that the model and dataset belong together"
+        f"(channel-{layout}); reshape the data or check that the model and dataset belong together",
+        field="dataset",
     )
 
 

@@ -1,6 +1,6 @@
 """The fingerprint archive: a zip holding ``manifest.json`` and one safetensors file per layer.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     manifest.json            # Manifest below: every setting, layer, unit and distribution
     layers/000.safetensors   # autoencoder of layer 0: net.* weights, mean, scale
@@ -8,45 +8,85 @@ Layout (format version 1)::
     ...
 
 Weights are safetensors (raw tensors, no pickle). The manifest lists every weights file with
-its size and SHA-256.
+its size and SHA-256 (``files``) and, beside them, ``integrity``: the SHA-256 of the
+manifest's own content (every field but ``integrity``, as canonical JSON) and optionally an
+HMAC-SHA256 of the same bytes under a key the writer holds. The content hash makes an
+edited manifest (a changed threshold, normaliser or percentile) fail to load instead of
+silently changing verdicts; it is not a signature (anyone can recompute it). The HMAC is:
+a reader given the key refuses archives without it or with a wrong one, so a server can
+accept only fingerprints it made itself. Because ``files`` is inside the hashed content,
+the hash and the HMAC cover the weights too.
 
 Reading is defensive because fingerprints are uploaded by clients. An archive is refused
-before anything is decompressed into memory when it: is larger than ``max_archive_bytes``;
-has a member name that is absolute, contains ``..``, a backslash or a drive letter, or
-appears twice; has a symlink or directory member; declares a member over
-``max_member_bytes`` or a total over ``max_total_bytes``, or a member that expands more than
-``MAX_RATIO`` times (zip bombs); holds any file the manifest does not name, or lacks one it
-names. Members are then read with a hard cap on bytes (a lying header cannot get past it)
-and checked against the manifest's sizes and hashes, and the manifest is validated field by
-field (unknown fields are errors).
+with a :class:`FingerprintError` (never another exception) when: it is larger than
+``max_archive_bytes``; it is not a readable zip (including forged sizes, CRCs, headers,
+compression methods or encryption, which :mod:`zipfile` reports in several ways); a member
+name is absolute, contains ``..``, a backslash, a drive letter or NUL, or appears twice; a
+member is a symlink or directory; a member declares more than ``max_member_bytes`` or all
+more than ``max_total_bytes``, or a member expands more than ``MAX_RATIO`` times (zip
+bombs); it holds any file the manifest does not name, or lacks one it names. Those checks
+use the zip's directory only, before anything is decompressed. Members are then read with
+a hard cap on bytes (a lying header cannot get past it), the manifest's content hash (and
+HMAC) is checked, the manifest is validated field by field (unknown fields and duplicate
+JSON keys are errors), and each weights file is checked against its size and SHA-256.
+Weight *shapes* are checked against the manifest from the safetensors header, before any
+network is built (see :func:`check_weights_header`), so a small archive declaring huge layers
+cannot make the reader allocate memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
+import math
 import os
 import re
 import stat
+import struct
 import zipfile
+import zlib
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .autoencoders import AutoencoderShape
+from .autoencoders import AutoencoderShape, expected_state_shapes
 from .errors import FingerprintError, UnsafeInputError
 
 FORMAT_NAME = "dfp-ray-fingerprint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MAX_RATIO = 100
 DEFAULT_MAX_ARCHIVE_BYTES = 1024**3
 DEFAULT_MAX_MEMBER_BYTES = 512 * 1024**2
 DEFAULT_MAX_TOTAL_BYTES = 2 * 1024**3
-_MAX_MANIFEST_BYTES = 256 * 1024**2
+MAX_MANIFEST_BYTES = 64 * 1024**2
+"""Largest manifest.json accepted (parsed JSON costs several times its size in memory)."""
+_MAX_SAFETENSORS_HEADER = 1024**2
+KEY_ENV_VAR = "DFP_RAY_FINGERPRINT_KEY"
+"""Environment variable conventionally holding the HMAC key (CLI ``--key-env``, serve config)."""
+
+# Everything zipfile (and the decompressors under it) raises for a damaged or forged archive:
+# bad magic numbers, CRC or size mismatches, truncated streams, unsupported compression
+# methods, encrypted members, impossible offsets.
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    ValueError,
+    OverflowError,
+    struct.error,
+    KeyError,
+    IndexError,
+)
 _WEIGHTS_NAME = re.compile(r"^layers/[0-9]{3,6}\.safetensors$")
 
 
@@ -121,9 +161,16 @@ class CalibrationManifest(_Strict):
     thresholds: dict[str, float] = Field(description="combined-score threshold per common percentile")
 
 
+class Integrity(_Strict):
+    """Hashes over the manifest's content (every field but this one, as canonical JSON)."""
+
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hmac_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 under the writer's key")
+
+
 class Manifest(_Strict):
     format: Literal["dfp-ray-fingerprint"] = FORMAT_NAME
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[2] = FORMAT_VERSION
     created_at: datetime
     dfp_ray_version: str
     kind: Literal["layered", "non-layered"]
@@ -135,6 +182,7 @@ class Manifest(_Strict):
     layers: list[LayerManifest]
     calibration: CalibrationManifest
     files: dict[str, FileEntry]
+    integrity: Integrity | None = Field(None, description="set when written; required when read")
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
@@ -157,15 +205,49 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_archive(manifest: Manifest, blobs: dict[str, bytes]) -> bytes:
-    """Serialise a manifest and its weights files into zip bytes (deterministic member order)."""
+def canonical_content(raw: Mapping[str, Any]) -> bytes:
+    """The bytes the integrity hashes cover: the manifest without ``integrity``, canonical JSON.
+
+    Computed on the parsed JSON (not on the pydantic model), so what is hashed on reading is
+    exactly what was written, whatever pydantic would normalise.
+    """
+    body = {k: v for k, v in raw.items() if k != "integrity"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+
+
+def _hmac(key: bytes, content: bytes) -> str:
+    return hmac.new(key, content, hashlib.sha256).hexdigest()
+
+
+def key_from_env(name: str | None) -> bytes | None:
+    """The HMAC key held in environment variable ``name`` (``None`` when unset or empty)."""
+    if not name:
+        return None
+    value = os.environ.get(name, "")
+    return value.encode() if value else None
+
+
+def seal(raw: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    """Return ``raw`` (a JSON-ready manifest dict) with its ``integrity`` section computed."""
+    content = canonical_content(raw)
+    out = {k: v for k, v in raw.items() if k != "integrity"}
+    out["integrity"] = {"manifest_sha256": _sha256(content), "hmac_sha256": _hmac(key, content) if key else None}
+    return out
+
+
+def write_archive(manifest: Manifest, blobs: dict[str, bytes], *, key: bytes | None = None) -> bytes:
+    """Serialise a manifest and its weights files into zip bytes (deterministic member order).
+
+    With ``key``, the manifest carries an HMAC-SHA256 of its content under that key.
+    """
     manifest = manifest.model_copy(
         update={"files": {name: FileEntry(size=len(data), sha256=_sha256(data)) for name, data in sorted(blobs.items())}}
     )
-    Manifest.model_validate(manifest.model_dump())  # re-run validators on the final form
+    raw = seal(manifest.model_dump(mode="json"), key)
+    Manifest.model_validate(raw)  # re-run validators on the final form
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST_NAME, json.dumps(manifest.model_dump(mode="json"), indent=1))
+        zf.writestr(MANIFEST_NAME, json.dumps(raw, indent=1))
         for name, data in sorted(blobs.items()):
             zf.writestr(name, data)
     return buf.getvalue()
@@ -184,14 +266,125 @@ def _check_member_name(name: str) -> None:
         raise UnsafeInputError(f"refused fingerprint archive: unsafe member path {name!r} (absolute or '..' paths)")
 
 
+def _corrupt(exc: BaseException, where: str) -> FingerprintError:
+    return FingerprintError(
+        f"the fingerprint archive is damaged or forged ({where}: {type(exc).__name__}: {exc}); "
+        "use the zip that dfp-ray wrote, unchanged"
+    )
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise FingerprintError(f"manifest.json repeats the key {key!r}; refusing an ambiguous manifest")
+        out[key] = value
+    return out
+
+
+def verify_integrity(raw: dict[str, Any], key: bytes | None) -> None:
+    """Check the manifest's content hash and, when ``key`` is given, its HMAC."""
+    section = raw.get("integrity")
+    if not isinstance(section, dict):
+        raise FingerprintError(
+            "the fingerprint manifest has no integrity section, so edits to it could not be detected; "
+            "re-create the fingerprint with this dfp-ray"
+        )
+    try:
+        integrity = Integrity.model_validate(section)
+    except ValidationError as exc:
+        raise FingerprintError(f"invalid integrity section in the fingerprint manifest: {exc}") from exc
+    content = canonical_content(raw)
+    if not hmac.compare_digest(_sha256(content), integrity.manifest_sha256):
+        raise FingerprintError(
+            "manifest.json was modified after the fingerprint was written (its content hash does not match): "
+            "thresholds, normalisers or other settings may have been edited; use the original zip or re-create it"
+        )
+    if key is None:
+        return
+    if integrity.hmac_sha256 is None:
+        raise UnsafeInputError(
+            "refused fingerprint: it is not signed, and this reader only accepts fingerprints signed with its key "
+            "(create it through the same server, or with the same key: CLI --key-env)"
+        )
+    if not hmac.compare_digest(_hmac(key, content), integrity.hmac_sha256):
+        raise UnsafeInputError(
+            "refused fingerprint: its signature does not match this reader's key (signed with another key, or "
+            "edited and re-hashed); create it through the same server, or with the same key"
+        )
+
+
+def check_weights_header(blob: bytes, shape: AutoencoderShape, where: str) -> None:
+    """Check a safetensors file's declared tensors against the manifest's autoencoder shape.
+
+    Reads only the JSON header (bounded), so nothing is allocated for the tensors: the
+    network is built only after every name, dtype, shape and byte range here agrees with
+    what ``shape`` implies and the header accounts for every byte of ``blob``.
+    """
+    if len(blob) < 8:
+        raise FingerprintError(f"{where}: not a safetensors file ({len(blob)} bytes)")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > _MAX_SAFETENSORS_HEADER or 8 + n > len(blob):
+        raise FingerprintError(f"{where}: safetensors header length {n} is impossible for a {len(blob)}-byte file")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FingerprintError(f"{where}: safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise FingerprintError(f"{where}: safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    want = expected_state_shapes(shape)
+    if set(header) != set(want):
+        raise FingerprintError(
+            f"{where}: weights hold tensors {sorted(header)} but an autoencoder needs {sorted(want)}"
+        )
+    data_len = len(blob) - 8 - n
+    spans = []
+    for name, dims in want.items():
+        entry = header[name]
+        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
+            raise FingerprintError(f"{where}: tensor {name} must be float32 (F32), header says {entry!r:.200}")
+        got = entry.get("shape")
+        if got != list(dims):
+            raise FingerprintError(
+                f"{where}: the manifest declares {name} of shape {list(dims)} (autoencoder {shape.input_size}->"
+                f"{shape.hidden_size}->{shape.code_size}) but the weights file holds shape {got!r:.200}; "
+                "refusing the fingerprint before building its network"
+            )
+        offsets = entry.get("data_offsets")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or offsets[1] - offsets[0] != 4 * math.prod(dims)
+            or offsets[0] < 0
+            or offsets[1] > data_len
+        ):
+            raise FingerprintError(f"{where}: tensor {name} has impossible data offsets {offsets!r:.200}")
+        spans.append((offsets[0], offsets[1]))
+    spans.sort()
+    covered = 0
+    for start, end in spans:
+        if start != covered:
+            raise FingerprintError(f"{where}: tensors overlap or leave gaps in the data section")
+        covered = end
+    if covered != data_len:
+        raise FingerprintError(f"{where}: {data_len - covered} bytes of the weights file belong to no tensor")
+
+
 def read_archive(
     source: str | os.PathLike | bytes,
     *,
+    key: bytes | None = None,
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
 ) -> tuple[Manifest, dict[str, bytes]]:
-    """Validate and read a fingerprint zip; returns the manifest and the weights files' bytes."""
+    """Validate and read a fingerprint zip; returns the manifest and the weights files' bytes.
+
+    ``key``: when given, the archive must carry a matching HMAC (see the module docstring).
+    Every problem raises :class:`FingerprintError` (or its subclass :class:`UnsafeInputError`).
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
@@ -207,6 +400,8 @@ def read_archive(
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise FingerprintError(f"the fingerprint is not a zip archive: {exc}") from exc
+    except _ZIP_ERRORS as exc:
+        raise _corrupt(exc, "zip directory") from exc
     with zf:
         infos = zf.infolist()
         seen: set[str] = set()
@@ -236,21 +431,29 @@ def read_archive(
             raise FingerprintError("the fingerprint archive has no manifest.json: not a dfp-ray fingerprint")
 
         def read(name: str, limit: int) -> bytes:
-            with zf.open(name) as fh:
-                out = fh.read(limit + 1)
+            try:
+                with zf.open(name) as fh:
+                    out = fh.read(limit + 1)
+            except _ZIP_ERRORS as exc:
+                raise _corrupt(exc, f"member {name!r}") from exc
             if len(out) > limit:
                 raise UnsafeInputError(f"refused fingerprint archive: member {name!r} decompresses past {limit} bytes")
             return out
 
         try:
-            raw = json.loads(read(MANIFEST_NAME, _MAX_MANIFEST_BYTES))
-        except json.JSONDecodeError as exc:
+            raw = json.loads(read(MANIFEST_NAME, MAX_MANIFEST_BYTES), object_pairs_hook=_no_duplicate_keys)
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, FingerprintError):
+                raise
             raise FingerprintError(f"manifest.json is not valid JSON: {exc}") from exc
-        if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME and raw.get("format_version") != FORMAT_VERSION:
+        if not isinstance(raw, dict):
+            raise FingerprintError("manifest.json must hold a JSON object")
+        if raw.get("format") == FORMAT_NAME and raw.get("format_version") != FORMAT_VERSION:
             raise FingerprintError(
                 f"fingerprint format version {raw.get('format_version')!r} is not supported (this dfp-ray reads "
-                f"version {FORMAT_VERSION}); re-create the fingerprint"
+                f"version {FORMAT_VERSION}, which adds the manifest integrity hash); re-create the fingerprint"
             )
+        verify_integrity(raw, key)
         try:
             manifest = Manifest.model_validate(raw)
         except ValidationError as exc:
@@ -269,4 +472,6 @@ def read_archive(
             if len(blob) != entry.size or _sha256(blob) != entry.sha256:
                 raise FingerprintError(f"fingerprint member {name!r} does not match its size/hash in the manifest")
             blobs[name] = blob
+        for layer in manifest.layers:
+            check_weights_header(blobs[layer.weights_file], layer.autoencoder, f"layer {layer.name!r} ({layer.weights_file})")
     return manifest, blobs

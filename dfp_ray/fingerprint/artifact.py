@@ -54,21 +54,34 @@ class Fingerprint:
         self.manifest = self.manifest.model_copy(update={"files": files})
         return blobs
 
-    def to_bytes(self) -> bytes:
-        """The fingerprint as zip bytes (what ``save`` writes and an HTTP layer returns)."""
-        return write_archive(self.manifest, self.sync_files())
+    def to_bytes(self, *, key: bytes | None = None) -> bytes:
+        """The fingerprint as zip bytes (what ``save`` writes and an HTTP layer returns).
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the fingerprint zip to ``path`` (parent folders are created)."""
+        With ``key`` the manifest carries an HMAC-SHA256 under it (see :mod:`.archive`).
+        """
+        return write_archive(self.manifest, self.sync_files(), key=key)
+
+    def save(self, path: str | os.PathLike, *, key: bytes | None = None) -> Path:
+        """Write the fingerprint zip to ``path`` (parent folders are created), signed when ``key`` is given."""
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(self.to_bytes())
+        out.write_bytes(self.to_bytes(key=key))
         return out
 
     @classmethod
-    def load(cls, source: str | os.PathLike | bytes, *, max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES) -> Fingerprint:
-        """Read and validate a fingerprint zip (path or bytes); unsafe archives are refused."""
-        manifest, blobs = read_archive(source, max_archive_bytes=max_archive_bytes)
+    def load(
+        cls,
+        source: str | os.PathLike | bytes,
+        *,
+        key: bytes | None = None,
+        max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
+    ) -> Fingerprint:
+        """Read and validate a fingerprint zip (path or bytes); unsafe archives are refused.
+
+        With ``key``, only archives signed with that key are accepted. Weight shapes were
+        checked against the manifest by :func:`read_archive` before the networks below are built.
+        """
+        manifest, blobs = read_archive(source, key=key, max_archive_bytes=max_archive_bytes)
         autoencoders = []
         for layer in manifest.layers:
             ae = LayerAutoencoder(layer.autoencoder)
@@ -84,8 +97,11 @@ class Fingerprint:
         return cls(manifest=manifest, autoencoders=autoencoders)
 
 
-def load_fingerprint(source: Fingerprint | str | os.PathLike | bytes) -> Fingerprint:
-    """A :class:`Fingerprint` from a path, zip bytes, or an already loaded fingerprint."""
+def load_fingerprint(source: Fingerprint | str | os.PathLike | bytes, *, key: bytes | None = None) -> Fingerprint:
+    """A :class:`Fingerprint` from a path, zip bytes, or an already loaded fingerprint.
+
+    ``key``: accept only archives signed with it (an already loaded fingerprint passes through).
+    """
     if isinstance(source, Fingerprint):
         return source
-    return Fingerprint.load(source)
+    return Fingerprint.load(source, key=key)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -30,13 +30,34 @@ class AutoencoderShape(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_size: int
-    hidden_size: int
-    code_size: int
+    input_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    code_size: int = Field(ge=1)
 
     @classmethod
     def for_input(cls, d: int) -> AutoencoderShape:
         return cls(input_size=d, hidden_size=int(np.clip(d // 2, 16, 512)), code_size=int(np.clip(d // 8, 4, 64)))
+
+
+def expected_state_shapes(shape: AutoencoderShape) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a :class:`LayerAutoencoder` state dict of this ``shape``.
+
+    Lets a reader check stored weights against a manifest without building the network
+    (a test checks it against ``LayerAutoencoder(shape).state_dict()``).
+    """
+    d, h, c = shape.input_size, shape.hidden_size, shape.code_size
+    return {
+        "mean": (d,),
+        "scale": (d,),
+        "net.0.weight": (h, d),
+        "net.0.bias": (h,),
+        "net.2.weight": (c, h),
+        "net.2.bias": (c,),
+        "net.4.weight": (h, c),
+        "net.4.bias": (h,),
+        "net.6.weight": (d, h),
+        "net.6.bias": (d,),
+    }
 
 
 class LayerAutoencoder(nn.Module):

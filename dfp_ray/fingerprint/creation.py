@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +26,7 @@ from .artifact import Fingerprint
 from .autoencoders import reconstruction_rmse, train_autoencoder
 from .calibration import combine_scores, fit_normaliser, layer_scores, threshold_at
 from .config import FingerprintConfig
-from .datasets import DatasetSource, load_dataset
+from .datasets import DatasetSource, check_finite, load_dataset
 from .errors import FingerprintError
 from .loading import ModelSource, ModelType, load_model
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS_PER_SPLIT = 20
 STORED_PERCENTILES = (90.0, 95.0, 97.5, 99.0, 99.5)
+
+ProgressCallback = Callable[[str, float], None]
+"""``callback(stage, fraction_done)``: told what creation is doing (an HTTP job reports it)."""
 
 
 @dataclass
@@ -61,7 +65,8 @@ def split_rows(n: int, calibration_fraction: float, seed: int) -> tuple[np.ndarr
         need = math.ceil(MIN_ROWS_PER_SPLIT / min(calibration_fraction, 1 - calibration_fraction))
         raise FingerprintError(
             f"the dataset has {n} rows; with calibration_fraction={calibration_fraction} at least {need} are "
-            f"needed so that both the autoencoder and the calibration split get {MIN_ROWS_PER_SPLIT} rows"
+            f"needed so that both the autoencoder and the calibration split get {MIN_ROWS_PER_SPLIT} rows",
+            field="dataset",
         )
     order = np.random.default_rng([seed, 7919]).permutation(n)
     return np.sort(order[n_cal:]), np.sort(order[:n_cal])
@@ -74,7 +79,7 @@ def run_model_safely(model: LoadedModel, x: np.ndarray, names: list[str]) -> lis
     except FingerprintError:
         raise
     except Exception as exc:
-        raise FingerprintError(_run_failure(exc, x, model)) from exc
+        raise FingerprintError(_run_failure(exc, x, model), field="dataset") from exc
 
 
 def _run_failure(exc: Exception, x: np.ndarray, model: LoadedModel) -> str:
@@ -100,10 +105,19 @@ def _model_features(model: LoadedModel, x: np.ndarray, cfg: FingerprintConfig) -
     except FingerprintError:
         raise
     except Exception as exc:
-        raise FingerprintError(_run_failure(exc, x, model)) from exc
-    names = list(cfg.layers) if cfg.layers else model.layer_names
+        raise FingerprintError(_run_failure(exc, x, model), field="dataset") from exc
+    names = list(cfg.layers) if cfg.layers else model.default_layer_names
+    if not names:
+        raise FingerprintError(
+            f"the model has no layers to fingerprint besides its output ({', '.join(model.layer_names)}); "
+            "choose layers explicitly (layers=[...], CLI --layers)",
+            field="layers",
+        )
     for name in names:
-        model.layer(name)  # unknown names fail here, listing the valid ones
+        try:
+            model.layer(name)  # unknown names fail here, listing the valid ones
+        except FingerprintError as exc:
+            raise FingerprintError(str(exc), field="layers") from None
     probe = run_model_safely(model, x, names)
     layers = []
     for index, (name, out) in enumerate(zip(names, probe, strict=True)):
@@ -157,6 +171,7 @@ def create(
     allow_model_code: bool = False,
     dataset_key: str | None = None,
     config: FingerprintConfig | None = None,
+    progress_callback: ProgressCallback | None = None,
     **overrides: Any,
 ) -> Fingerprint:
     """Create a fingerprint of ``model`` (layered) or of the raw ``dataset`` (non-layered).
@@ -172,20 +187,33 @@ def create(
     the calibration rows normalise each layer's error and set the percentile thresholds
     (see :mod:`dfp_ray.fingerprint.calibration`), so in-distribution data scored at
     percentile ``p`` is flagged at about ``100 - p`` percent.
+
+    ``progress_callback(stage, fraction)`` is called as creation advances (loading, activations,
+    then once per layer autoencoder); it must be cheap and must not raise.
     """
     base = (config or FingerprintConfig()).model_dump()
     cfg = FingerprintConfig.model_validate({**base, **overrides})
+
+    def progress(stage: str, fraction: float) -> None:
+        if progress_callback is not None:
+            progress_callback(stage, fraction)
+
     device = resolve_device(cfg.device)
-    x = load_dataset(dataset, key=dataset_key)
+    progress("loading the dataset", 0.0)
+    x = check_finite(load_dataset(dataset, key=dataset_key))
     loaded: LoadedModel | None = None
     if model is not None:
+        progress("loading the model", 0.02)
         loaded = load_model(model, model_type, model_def=model_def, allow_model_code=allow_model_code, device=device)
+        progress("computing layer activations", 0.05)
         layers, input_shape = _model_features(loaded, x, cfg)
     else:
         if model_def is not None or model_type is not None:
-            raise FingerprintError("model_type/model_def were given without a model")
+            raise FingerprintError("model_type/model_def were given without a model", field="model")
         if cfg.layers:
-            raise FingerprintError("layers can only be chosen for a layered fingerprint (one made with a model)")
+            raise FingerprintError(
+                "layers can only be chosen for a layered fingerprint (one made with a model)", field="layers"
+            )
         layers, input_shape = _raw_features(x, cfg), [int(s) for s in x.shape[1:]]
     fit_idx, cal_idx = split_rows(x.shape[0], cfg.calibration_fraction, cfg.seed)
 
@@ -194,6 +222,8 @@ def create(
     cal_scores = []
     bar = tqdm(layers, desc="fingerprint", disable=not cfg.progress, unit="layer")
     for index, layer in enumerate(bar):
+        progress(f"training the autoencoder of layer {layer.name} ({index + 1}/{len(layers)})",
+                 0.1 + 0.85 * index / len(layers))
         ae = train_autoencoder(
             layer.values[fit_idx],
             epochs=cfg.epochs,
@@ -266,4 +296,5 @@ def create(
     )
     fingerprint = Fingerprint(manifest=manifest, autoencoders=autoencoders)
     fingerprint.sync_files()
+    progress("done", 1.0)
     return fingerprint

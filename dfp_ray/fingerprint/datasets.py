@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -192,22 +193,59 @@ def load_dataset(
         arr = source
     else:
         data = _read_source(source, max_bytes)
-        if data.startswith(_NPY_MAGIC):
-            arr = _load_npy(data, max_bytes)
-        elif data.startswith(_ZIP_MAGIC):
-            arr = _load_npz(data, key, max_bytes)
-        elif data[:1] == b"\x80" or data[:1] in (b"(", b"c", b"]", b"}"):
-            arr = _load_pickle(data, key)
-        else:
+        if not data:
+            raise FingerprintError("the dataset is empty (0 bytes)", field="dataset")
+        try:
+            if data.startswith(_NPY_MAGIC):
+                arr = _load_npy(data, max_bytes)
+            elif data.startswith(_ZIP_MAGIC):
+                arr = _load_npz(data, key, max_bytes)
+            elif data[:1] == b"\x80" or data[:1] in (b"(", b"c", b"]", b"}"):
+                arr = _load_pickle(data, key)
+            else:
+                raise FingerprintError(
+                    "dataset format not recognised: expected .npy, .npz or a pickled numpy array", field="dataset"
+                )
+        except FingerprintError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+                KeyError, IndexError, TypeError, OverflowError) as exc:
+            # A damaged or forged header/zip: numpy and zipfile raise many types for those.
             raise FingerprintError(
-                "dataset format not recognised: expected .npy, .npz or a pickled numpy array"
-            )
-    if arr.dtype.hasobject or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise FingerprintError(f"dataset must be numeric, got dtype {arr.dtype}")
+                f"could not read the dataset ({type(exc).__name__}: {exc}); send an intact .npy, .npz or "
+                "pickled numpy array",
+                field="dataset",
+            ) from exc
+    if (
+        arr.dtype.hasobject
+        or np.issubdtype(arr.dtype, np.complexfloating)
+        or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_)
+    ):
+        raise FingerprintError(f"dataset must be real numbers, got dtype {arr.dtype}", field="dataset")
     if arr.ndim < 2:
         raise FingerprintError(
-            f"dataset must have one row per sample (at least 2 dimensions), got shape {arr.shape}"
+            f"dataset must have one row per sample (at least 2 dimensions), got shape {arr.shape}", field="dataset"
         )
-    if arr.shape[0] == 0:
-        raise FingerprintError("dataset is empty")
+    if arr.shape[0] == 0 or arr.size == 0:
+        raise FingerprintError(f"dataset is empty (shape {arr.shape})", field="dataset")
     return arr
+
+
+def check_finite(x: np.ndarray) -> np.ndarray:
+    """Refuse NaN and infinite values (also those a float32 cast creates); returns ``x``.
+
+    A NaN would propagate into every reconstruction error and from there into the
+    calibration, where it would silently disable the threshold.
+    """
+    if np.issubdtype(x.dtype, np.floating):
+        with np.errstate(over="ignore", invalid="ignore"):
+            as32 = x if x.dtype == np.float32 else x.astype(np.float32)
+        bad = ~np.isfinite(as32)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise FingerprintError(
+                f"dataset has {int(bad.sum())} NaN or infinite values (as float32), the first in row {row}; "
+                "clean or impute them first",
+                field="dataset",
+            )
+    return x

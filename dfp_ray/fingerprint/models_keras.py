@@ -8,10 +8,13 @@ the file we read its architecture (the ``model_config`` attribute of an ``.h5``,
 Python bytecode, which is code execution, and safe mode would refuse it anyway, but with a
 less helpful message.
 
-Fingerprintable layers: every layer that owns weights (Conv, Dense, BatchNormalization,
-nested models, ...) plus pooling layers, in the model's layer order; layers that only move
-values around (Input, Flatten, Reshape, Dropout, Activation-free reshapes) would duplicate
-their neighbour and are skipped.
+Fingerprinted layers: every layer of ``model.layers`` in order except the input and the
+model's output layer(s), counting layers without weights (Flatten, Dropout, Activation,
+Reshape, ...). This is the original service's count: its notebook's 9-layer CNN (Conv2D,
+MaxPool2D, Conv2D, MaxPool2D, Flatten, Dense, Dropout, Dense, Activation) has 8, and its client
+sends ``num_layers=8``. The output layer is left out because its output is the prediction
+itself (usually a softmax), which the layers before it already determine; it stays
+selectable with ``layers=[...]``.
 """
 
 from __future__ import annotations
@@ -83,7 +86,26 @@ def _walk_class_names(node: Any) -> list[tuple[str, str]]:
 
 
 def read_keras_config(path: Path) -> dict[str, Any]:
-    """The model architecture stored in an ``.h5`` or ``.keras`` file, without loading it."""
+    """The model architecture stored in an ``.h5`` or ``.keras`` file, without loading it.
+
+    A damaged file is a :class:`FingerprintError` whatever h5py, zipfile or json raise for it.
+    """
+    try:
+        config = _read_keras_config(path)
+    except FingerprintError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile, RecursionError) as exc:
+        raise FingerprintError(
+            f"{path.name}: could not read the Keras architecture ({type(exc).__name__}: {exc}); send an intact .h5 or "
+            ".keras file saved with model.save()",
+            field="model",
+        ) from exc
+    if not isinstance(config, dict):
+        raise FingerprintError(f"{path.name}: the stored Keras architecture is not a JSON object", field="model")
+    return config
+
+
+def _read_keras_config(path: Path) -> Any:
     with open(path, "rb") as fh:
         head = fh.read(8)
     if head == b"\x89HDF\r\n\x1a\n":
@@ -121,10 +143,21 @@ def check_keras_config(config: dict[str, Any], where: str) -> None:
 
 
 def _is_fingerprintable(layer: Any) -> bool:
-    cls = type(layer).__name__
-    if cls == "InputLayer":
-        return False
-    return bool(layer.weights) or "Pooling" in cls
+    return type(layer).__name__ != "InputLayer"
+
+
+def _output_layer_names(model: Any) -> set[str]:
+    """Names of the layers that produce the model's outputs (the last one for a Sequential)."""
+    keras = import_keras()
+    if isinstance(model, keras.Sequential):
+        return {model.layers[-1].name} if model.layers else set()
+    names = set()
+    for out in getattr(model, "outputs", None) or []:
+        history = getattr(out, "_keras_history", None)
+        operation = getattr(history, "operation", None) if history is not None else None
+        if operation is not None:
+            names.add(operation.name)
+    return names
 
 
 def _weights_hash(model: Any) -> str:
@@ -226,16 +259,22 @@ def load_keras_model(path: str | os.PathLike | bytes, device: torch.device) -> K
         shape: tuple[int, ...] | None = None
     else:
         shape = tuple(int(s) for s in input_shape)
-    layers = []
-    for layer in model.layers:
-        if _is_fingerprintable(layer):
-            data_format = getattr(layer, "data_format", "channels_last")
-            axis = "first" if data_format == "channels_first" else "last"
-            layers.append(LayerInfo(name=layer.name, kind=type(layer).__name__, channel_axis=axis))
-    if not layers:
-        raise FingerprintError("the Keras model has no layers with weights or pooling to fingerprint")
+    outputs = _output_layer_names(model)
     first_format = next((getattr(lyr, "data_format", None) for lyr in model.layers if hasattr(lyr, "data_format")), None)
     layout = "first" if first_format == "channels_first" else "last"
+    layers = []
+    axis = layout
+    for layer in model.layers:
+        if _is_fingerprintable(layer):
+            # Layers without a data_format (Dropout, Activation, ...) keep their input's layout.
+            data_format = getattr(layer, "data_format", None)
+            if data_format is not None:
+                axis = "first" if data_format == "channels_first" else "last"
+            layers.append(
+                LayerInfo(name=layer.name, kind=type(layer).__name__, channel_axis=axis, is_output=layer.name in outputs)
+            )
+    if not layers:
+        raise FingerprintError("the Keras model has no layers to fingerprint")
     return KerasModel(
         framework="keras",
         model_format="h5" if file.suffix in (".h5", ".hdf5") else "keras",

@@ -205,7 +205,8 @@ def _exec_model_def(source: str | os.PathLike | bytes, allow_model_code: bool) -
         raise UnsafeInputError(
             "refused to execute the model_def file: it is Python code and would run with this process's rights. "
             "Pass allow_model_code=True (CLI: --allow-model-code) only for model definitions you trust, or "
-            "export the model with torch.export (.pt2) or TorchScript instead"
+            "export the model with torch.export (.pt2) or TorchScript instead",
+            field="model_def",
         )
     with tempfile.TemporaryDirectory(prefix="dfp_ray_model_def_") as tmp:
         if isinstance(source, bytes | bytearray):
@@ -213,7 +214,7 @@ def _exec_model_def(source: str | os.PathLike | bytes, allow_model_code: bool) -
         else:
             path = Path(source)
             if not path.is_file():
-                raise FingerprintError(f"model_def file not found: {path}")
+                raise FingerprintError(f"model_def file not found: {path}", field="model_def")
             code = path.read_bytes()
         digest = hashlib.sha256(code).hexdigest()[:16]
         file = Path(tmp) / f"dfp_ray_model_def_{digest}.py"
@@ -226,9 +227,9 @@ def _exec_model_def(source: str | os.PathLike | bytes, allow_model_code: bool) -
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
-            raise FingerprintError(f"the model_def file failed to import: {exc!r}") from exc
+            raise FingerprintError(f"the model_def file failed to import: {exc!r}", field="model_def") from exc
     if callable(getattr(module, "build_model", None)):
-        return module.build_model()
+        return _construct(module.build_model, "build_model()")
     cls = getattr(module, "Model", None)
     if cls is None:
         candidates = [
@@ -238,10 +239,19 @@ def _exec_model_def(source: str | os.PathLike | bytes, allow_model_code: bool) -
         if len(candidates) != 1:
             raise FingerprintError(
                 "the model_def file must define build_model(), a class named Model, or exactly one nn.Module "
-                f"subclass; found {len(candidates)} nn.Module subclasses"
+                f"subclass; found {len(candidates)} nn.Module subclasses",
+                field="model_def",
             )
         cls = candidates[0]
-    return cls()
+    return _construct(cls, f"{getattr(cls, '__name__', 'Model')}()")
+
+
+def _construct(factory: Any, what: str) -> Any:
+    """Call the model_def's factory; its exceptions are the file's problem, reported as such."""
+    try:
+        return factory()
+    except Exception as exc:
+        raise FingerprintError(f"the model_def file's {what} raised {exc!r}", field="model_def") from exc
 
 
 def _load_state_dict(path: Path, fmt: str) -> dict[str, torch.Tensor]:

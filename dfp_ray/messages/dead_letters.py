@@ -25,8 +25,10 @@ class DeadLetterWriter:
     def write(self, rejection: Rejection) -> None:
         line = json.dumps(rejection.model_dump(mode="json"), default=str, ensure_ascii=False) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as fh:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # owner-only (a dead letter holds the raw message); never through a symlink
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(self.path, flags, 0o600), "a", encoding="utf-8") as fh:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())

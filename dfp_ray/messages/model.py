@@ -5,7 +5,6 @@ from its cause; here every field is validated and unknown keys are errors.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -212,28 +211,31 @@ class BatchingOptions(BaseModel):
         return datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=timezone.utc)
 
 
-def _reader_kwargs() -> dict[str, set[str]]:
-    """Keyword arguments each file type accepts in ``parser_kwargs`` (checked when a message
-    is parsed, so a typo is rejected with the message rather than failing file by file)."""
-    import pandas as pd
-
-    json_keys = {"lines", "orient", "encoding", "compression", "nrows"}
-    csv_keys = set(inspect.signature(pd.read_csv).parameters) - {"filepath_or_buffer"}
-    parquet_keys = set(inspect.signature(pd.read_parquet).parameters) - {"path", "kwargs"}
-    parquet_keys |= {"compression"}
-    return {"json": json_keys, "csv": csv_keys | {"compression"}, "parquet": parquet_keys}
-
-
-_READER_KWARGS: dict[str, set[str]] | None = None
+# What a control message may pass to the file readers: the options that change how a file is
+# parsed, and nothing that reaches outside it (no storage options, engines, iterators, memory
+# maps or file-like arguments). A message comes from whoever can write to the control topic or
+# folder; the readers run inside the pipeline. docs/control_messages.md lists them.
+PARSER_KWARGS: dict[str, frozenset[str]] = {
+    "json": frozenset({"lines", "orient", "encoding", "compression", "nrows"}),
+    "csv": frozenset({
+        "sep", "delimiter", "header", "names", "usecols", "dtype", "skiprows", "skipfooter", "nrows",
+        "na_values", "keep_default_na", "quotechar", "quoting", "escapechar", "comment", "decimal",
+        "thousands", "encoding", "compression", "skip_blank_lines", "skipinitialspace", "true_values",
+        "false_values", "on_bad_lines",
+    }),
+    "parquet": frozenset({"columns", "compression"}),
+}
 
 
 class FileToDfOptions(BaseModel):
     """How files are parsed into DataFrames.
 
-    ``parser_kwargs`` go to the reader of the file type: for JSON ``lines`` (JSON lines when
-    true, a JSON array when false; auto-detected when absent), ``orient`` (``records`` by
-    default), ``encoding``, ``compression``, ``nrows`` (JSON lines only); for CSV
-    and Parquet, the keyword arguments of ``pandas.read_csv`` / ``pandas.read_parquet``.
+    ``parser_kwargs`` go to the reader of the file type, from an allow-list
+    (:data:`PARSER_KWARGS`): for JSON ``lines`` (JSON lines when true, a JSON array when false;
+    auto-detected when absent), ``orient`` (``records`` by default), ``encoding``,
+    ``compression``, ``nrows`` (JSON lines only); for CSV the parsing options of
+    ``pandas.read_csv`` (``sep``, ``header``, ``names``, ``usecols``, ``dtype``, ``skiprows``, ...);
+    for Parquet ``columns``.
     ``file_type`` ``auto`` decides by extension (``.json``/``.jsonl``/``.csv``/``.parquet``,
     compressed variants too) and sniffs the content for other names.
     """
@@ -251,20 +253,18 @@ class FileToDfOptions(BaseModel):
     @field_validator("parser_kwargs")
     @classmethod
     def _check_kwargs(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        global _READER_KWARGS
-        if _READER_KWARGS is None:
-            _READER_KWARGS = _reader_kwargs()
         file_type = info.data.get("file_type", "auto")
         if file_type == "auto":
-            allowed = set().union(*_READER_KWARGS.values())
+            allowed = frozenset().union(*PARSER_KWARGS.values())
         else:
-            allowed = _READER_KWARGS[file_type]
+            allowed = PARSER_KWARGS[file_type]
         unknown = sorted(set(value) - allowed)
         if unknown:
+            kinds = "JSON, CSV or Parquet" if file_type == "auto" else file_type
             raise ValueError(
-                f"{unknown} not understood by the {'JSON, CSV or Parquet' if file_type == 'auto' else file_type} "
-                "reader (JSON takes lines, orient, encoding, compression, nrows; CSV and "
-                "Parquet take pandas.read_csv / pandas.read_parquet arguments)"
+                f"{unknown} not allowed for the {kinds} reader; allowed: "
+                + "; ".join(f"{kind}: {', '.join(sorted(keys))}" for kind, keys in PARSER_KWARGS.items()
+                            if file_type in ("auto", kind))
             )
         nrows = value.get("nrows")
         if nrows is not None and (isinstance(nrows, bool) or not isinstance(nrows, int) or nrows < 0):

@@ -1,13 +1,18 @@
-"""Parsing control-message documents: one bad message becomes a Rejection, the others run."""
+"""Parsing control-message documents: one bad message becomes a Rejection, the others run.
+
+The parser never raises, whatever it is given: a document over :data:`MAX_DOCUMENT_BYTES`,
+nested deeper than :data:`MAX_DEPTH`, not UTF-8, not JSON, or a message that fails
+validation becomes a :class:`~dfp_ray.messages.model.Rejection` with the reason, and the
+other documents and messages still run.
+"""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import (
-    ValidationError,
-)
+from pydantic import ValidationError
 
 from dfp_ray.messages.model import TASK_NAMES, ControlMessage, ParseResult, Rejection, TaskType
 
@@ -93,7 +98,45 @@ def _looks_like_json(text: str) -> bool:
     return stripped.startswith(("{", "["))
 
 
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # a control message names files; it never needs megabytes
+MAX_DEPTH = 64  # the format nests 6 levels deep; anything far deeper is not a control message
+MAX_RAW_CHARS = 16_384  # how much of a rejected document a dead letter keeps
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """True when ``document`` nests lists/objects deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _snippet(text: str) -> str:
+    return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + f"... ({len(text):,} characters in all)"
+
+
 def parse_control_messages(source: str | Path | bytes, *, origin: str | None = None) -> ParseResult:
+    """Parse a control-message document into valid messages and rejections; never raises.
+
+    See :func:`_parse` for the accepted forms."""
+    try:
+        return _parse(source, origin=origin)
+    except Exception as exc:  # noqa: BLE001 - the contract: bad input is a rejection, never a crash
+        name = origin or (source.name if isinstance(source, Path) else "message")
+        return ParseResult(rejections=[Rejection(
+            message_id=str(name), reason=f"could not parse the document: {type(exc).__name__}: {exc}")])
+
+
+def _parse(source: str | Path | bytes, *, origin: str | None = None) -> ParseResult:
     """Parse a control-message document into valid messages and rejections.
 
     ``source`` is a path (``str`` or ``Path``), or the JSON itself (``str`` starting with ``{``
@@ -117,6 +160,11 @@ def parse_control_messages(source: str | Path | bytes, *, origin: str | None = N
         path = Path(source)
         origin = origin or path.name
         try:
+            size = path.stat().st_size
+            if size > MAX_DOCUMENT_BYTES:
+                return ParseResult(rejections=[Rejection(
+                    message_id=origin, reason=f"control-message file is {size:,} bytes, over the "
+                    f"{MAX_DOCUMENT_BYTES:,}-byte limit: split it into several files")])
             text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             return ParseResult(
@@ -127,6 +175,10 @@ def parse_control_messages(source: str | Path | bytes, *, origin: str | None = N
                 rejections=[Rejection(message_id=origin, reason=f"cannot read control-message file {str(path)!r}: {exc}")]
             )
 
+    if len(text) > MAX_DOCUMENT_BYTES:
+        return ParseResult(rejections=[Rejection(
+            message_id=origin, reason=f"document is {len(text):,} characters, over the "
+            f"{MAX_DOCUMENT_BYTES:,}-byte limit: send fewer messages per document", raw=_snippet(text))])
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -140,6 +192,14 @@ def parse_control_messages(source: str | Path | bytes, *, origin: str | None = N
                 )
             ]
         )
+    except RecursionError:
+        return ParseResult(rejections=[Rejection(
+            message_id=origin, reason=f"JSON nested too deeply to parse (a control message nests at most "
+            f"{MAX_DEPTH} levels)", raw=_snippet(text))])
+    if _depth_exceeds(document, MAX_DEPTH):
+        return ParseResult(rejections=[Rejection(
+            message_id=origin, reason=f"JSON nested deeper than {MAX_DEPTH} levels: not a control message",
+            raw=_snippet(text))])
 
     # Work out where the messages are, and how to name each one.
     items: list[tuple[Any, str, str]] = []  # (raw message, message_id, field prefix)

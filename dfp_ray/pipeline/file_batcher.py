@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 
 from dfp_ray.messages import BatchingOptions, ControlMessage, PeriodSpec, parse_period
 from dfp_ray.pipeline.fsspec_loader import FileRef, FileSelectionError, NoFilesInWindow, expand_globs
@@ -111,7 +112,10 @@ def batch_files(
     """Select and group files as a message's batching options say.
 
     1. Keep files whose batch time lies in the window: ``start_time`` inclusive; a date-only
-       ``end_time`` includes that whole UTC day, a datetime ``end_time`` that instant.
+       ``end_time`` includes that whole UTC day, a datetime ``end_time`` that instant. A file
+       whose name carries no date is always kept: its modification time says nothing about
+       the events inside, so its rows are windowed by their own time instead
+       (:func:`keep_rows_in_window`, applied to every loaded row).
     2. Sample (after the window, as Morpheus): a frequency string keeps the earliest file of
        each interval; a fraction < 1 keeps ``round(fraction * n)`` files at random; a count
        keeps that many at random (all when fewer). Random choices use ``seed``.
@@ -135,6 +139,7 @@ def batch_files(
         keep &= times >= _to_ns([window_start])[0]
     if window_end is not None:
         keep &= times <= _to_ns([window_end])[0]
+    keep |= ~np.fromiter((ref.dated for ref in ordered), dtype=bool, count=len(ordered))
     index = np.flatnonzero(keep)
     if len(index) == 0:
         return []
@@ -178,11 +183,13 @@ def plan_batches(
     storage_options: dict | None = None,
     *,
     seed: int = 0,
+    roots: list[str] | None = None,
 ) -> list[FileBatch]:
     """List and batch a message's files; errors carry the message field to blame.
 
     Raises :class:`NoFilesMatched` / :class:`FileListingError` (field: the load task's
-    ``files``) or :class:`NoFilesInWindow` (field: ``metadata.batching_options``). Turn them
+    ``files``), :class:`OutsideDataRoots` (the same field; with ``roots``, the data roots) or
+    :class:`NoFilesInWindow` (field: ``metadata.batching_options``). Turn them
     into a rejection with ``Rejection.for_message(message, exc.reason, exc.field)``.
     """
     options = message.metadata.batching_options
@@ -192,6 +199,7 @@ def plan_batches(
             message.files,
             storage_options,
             date_pattern=options.iso_date_regex_pattern if options else None,
+            roots=roots,
         )
     except FileSelectionError as exc:
         exc.field = files_field
@@ -208,3 +216,38 @@ def plan_batches(
             field=f"{prefix}metadata.batching_options",
         )
     return batches
+
+
+OUTSIDE_WINDOW = "outside the message's time window"
+
+
+def keep_rows_in_window(
+    frame: pd.DataFrame, time_column: str, options: BatchingOptions | None
+) -> tuple[pd.DataFrame, int]:
+    """The rows whose own time lies in the message's ``[start_time, end_time]`` window, and
+    how many were dropped.
+
+    Files are batched by the time in their names; the rows inside may still lie far outside
+    the window (a clock set to 1970 or 2100, a misnamed file, one raw file holding several
+    days): such rows must not train or be scored as if they were in it.
+
+    >>> import pandas as pd
+    >>> from dfp_ray.messages import BatchingOptions
+    >>> rows = pd.DataFrame({"timestamp": pd.to_datetime(["1970-01-01", "2022-08-02", "2100-01-01"], utc=True)})
+    >>> kept, dropped = keep_rows_in_window(rows, "timestamp", BatchingOptions(start_time="2022-08-01", end_time="2022-08-31"))
+    >>> kept["timestamp"].dt.year.tolist(), dropped
+    ([2022], 2)
+    """
+    if options is None or frame.empty:
+        return frame, 0
+    start, end = options.window_start(), options.window_end_inclusive()
+    if start is None and end is None:
+        return frame, 0
+    times = frame[time_column]
+    keep = pd.Series(True, index=frame.index)
+    if start is not None:
+        keep &= times >= pd.Timestamp(start)
+    if end is not None:
+        keep &= times <= pd.Timestamp(end)
+    dropped = int((~keep).sum())
+    return (frame[keep] if dropped else frame), dropped

@@ -41,6 +41,7 @@ class LoadResult:
     files_from_cache: int
     errors: list[FileError] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: dict[str, int] = field(default_factory=dict)  # malformed records dropped, per reason
 
     @property
     def rows(self) -> int:
@@ -173,18 +174,20 @@ def read_and_map(
     if cache is not None and cache_key is not None:
         cached = cache.get(cache_key)
         if cached is not None:
+            skipped = dict(cached.attrs.get("cache_meta", {}).get("skipped", {}))
+            cached.attrs = {}
             return LoadResult(frame=cached, files_loaded=len(refs), files_from_cache=len(refs), errors=[],
-                              seconds=time.perf_counter() - started)
+                              seconds=time.perf_counter() - started, skipped=skipped)
     raw = load_files(refs, options=options, storage_options=storage_options)
     if raw.errors:
         return raw
-    mapped, _ = map_fields(raw.frame, schema)
+    mapped, report = map_fields(raw.frame, schema)
     mapped = mapped.drop(columns=[SOURCE_FILE_COLUMN], errors="ignore")
     if cache is not None and cache_key is not None:
         try:
-            cache.put(cache_key, mapped)
+            cache.put(cache_key, mapped, meta={"skipped": report.skipped})
         except Exception as exc:  # noqa: BLE001 - caching is an optimisation, never a failure
             logger.warning("could not cache a batch of %d files: %s", len(refs), exc)
     return LoadResult(frame=mapped, files_loaded=raw.files_loaded, files_from_cache=0, errors=[],
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, skipped=dict(report.skipped))
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from dfp_ray.readers.storage import open_fs
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,6 +57,10 @@ class NoFilesInWindow(FileSelectionError):
     """Files matched, but none fall inside the message's [start_time, end_time] window."""
 
 
+class OutsideDataRoots(FileSelectionError):
+    """A glob or file lies outside every configured data root (``input.data_roots``)."""
+
+
 @dataclass
 class FileRef:
     """One input file. ``url`` is a local absolute path or a URL such as ``s3://bucket/key``."""
@@ -64,6 +70,7 @@ class FileRef:
     modified: datetime | None
     batch_time: datetime
     etag: str | None = None  # object stores' content tag; part of the cache key when known
+    dated: bool = True  # the batch time came from the file's name (else: its modification time)
 
 
 
@@ -150,11 +157,70 @@ def _has_magic(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
+def _local_path(pattern: str) -> str:
+    local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
+    return os.path.abspath(os.path.expanduser(local))
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _static_prefix(path: str) -> str:
+    """The part of a glob before its first wildcard component (``/data/duo`` of ``/data/duo/*.json``)."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if _has_magic(part):
+            return "/".join(parts[:i]) or "/"
+    return path
+
+
+def check_data_roots(patterns: list[str], roots: list[str]) -> None:
+    """Refuse globs that could reach outside every data root, before anything is listed.
+
+    Local globs are resolved (``~``, ``..``, symlinks) and their fixed prefix must lie inside a
+    local root; URLs (``s3://bucket/prefix/...``) must start with a URL root. Raises
+    :class:`OutsideDataRoots` naming the roots and what to configure.
+
+    >>> check_data_roots(["/data/duo/*.json"], ["/data"])
+    >>> check_data_roots(["/data/../etc/shadow"], ["/data"])
+    Traceback (most recent call last):
+    ...
+    dfp_ray.pipeline.fsspec_loader.OutsideDataRoots: '/data/../etc/shadow' is outside the data roots ['/data']: ...
+    """
+    local_roots = [r for r in roots if "://" not in r]
+    url_roots = [r for r in roots if "://" in r]
+    for pattern in patterns:
+        if _is_local(pattern):
+            prefix = os.path.realpath(_static_prefix(_local_path(pattern)))
+            ok = any(_within(prefix, root) for root in local_roots)
+        else:
+            ok = any(_within(pattern, root) for root in url_roots)
+        if not ok:
+            raise OutsideDataRoots(
+                f"{pattern!r} is outside the data roots {roots}: control messages may only read files "
+                "inside them; add the folder (or s3:// prefix) to input.data_roots (--data-root) if it "
+                "should be readable"
+            )
+
+
+def _check_found(refs: list[FileRef], roots: list[str]) -> None:
+    """Matched local files must resolve inside a root too (a symlink may point anywhere)."""
+    local_roots = [r for r in roots if "://" not in r]
+    for ref in refs:
+        if _is_local(ref.url) and not any(_within(os.path.realpath(_local_path(ref.url)), r) for r in local_roots):
+            raise OutsideDataRoots(
+                f"{ref.url!r} resolves outside the data roots {roots} (a symbolic link?): refused; "
+                "add its target's folder to input.data_roots if it should be readable"
+            )
+
+
 def expand_globs(
     patterns: list[str],
     storage_options: dict | None = None,
     *,
     date_pattern: str | None = None,
+    roots: list[str] | None = None,
 ) -> list[FileRef]:
     """List the files the globs match, sorted by batch time, then URL; no duplicates.
 
@@ -164,22 +230,22 @@ def expand_globs(
     {"endpoint_url": ...}``, ...). The listing cache of a remote filesystem is dropped before
     each glob, so files that arrived since the last call are seen.
 
-    Raises :class:`NoFilesMatched` when no glob matches a file, and :class:`FileListingError`
-    when listing itself fails.
+    With ``roots`` (the data roots), globs and matched files outside them raise
+    :class:`OutsideDataRoots` (see :func:`check_data_roots`). Raises :class:`NoFilesMatched`
+    when no glob matches a file, and :class:`FileListingError` when listing itself fails.
     """
     import fsspec
-    from fsspec.core import url_to_fs
 
+    if roots is not None:
+        check_data_roots(patterns, roots)
     found: dict[str, FileRef] = {}
     for pattern in patterns:
         try:
             if _is_local(pattern):
-                local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
-                local = os.path.abspath(os.path.expanduser(local))
                 fs = fsspec.filesystem("file")
-                path = local
+                path = _local_path(pattern)
             else:
-                fs, path = url_to_fs(pattern, **(storage_options or {}))
+                fs, path = open_fs(pattern, storage_options)
                 # fsspec instances are shared and cache listings; s3fs drops only a path and
                 # its parents, not the sub-folders a ``**`` glob walks, so drop them all.
                 fs.invalidate_cache()
@@ -194,6 +260,9 @@ def expand_globs(
 
         matched = 0
         for path_found, info in infos.items():
+            if info.get("islink") and _is_local(pattern) and os.path.isfile(path_found):
+                target = os.stat(path_found)  # a link to a file: listed, and checked against the roots
+                info = {**info, "type": "file", "size": target.st_size, "mtime": target.st_mtime}
             if info.get("type", "file") != "file":
                 continue
             url = path_found if _is_local(pattern) else fs.unstrip_protocol(path_found)
@@ -201,7 +270,8 @@ def expand_globs(
                 matched += 1
                 continue
             modified = _modified_from_info(info)
-            batch_time = batch_time_from_path(path_found, date_pattern) or modified
+            named = batch_time_from_path(path_found, date_pattern)
+            batch_time = named or modified
             if batch_time is None:
                 batch_time = datetime.now(timezone.utc)
                 logger.warning("%s: no date in its name and no modification time; using now", url)
@@ -212,6 +282,7 @@ def expand_globs(
                 modified=modified,
                 batch_time=batch_time,
                 etag=str(etag).strip('"') if etag else None,
+                dated=named is not None,
             )
             matched += 1
         if matched == 0:
@@ -219,5 +290,8 @@ def expand_globs(
 
     if not found:
         raise NoFilesMatched(patterns)
-    return sorted(found.values(), key=lambda ref: (ref.batch_time, ref.url))
+    refs = sorted(found.values(), key=lambda ref: (ref.batch_time, ref.url))
+    if roots is not None:
+        _check_found(refs, roots)
+    return refs
 

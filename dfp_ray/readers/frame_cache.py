@@ -86,6 +86,8 @@ class FrameCache:
         return self.directory / key[:2] / f"{key}.parquet"
 
     def get(self, key: str) -> pd.DataFrame | None:
+        """The cached frame, or None. What was stored with it (``put(..., meta=...)``) is in
+        ``frame.attrs["cache_meta"]``."""
         if not self.enabled:
             return None
         path = self.path_for(key)
@@ -104,7 +106,9 @@ class FrameCache:
             self.hits += 1
         return frame
 
-    def put(self, key: str, frame: pd.DataFrame) -> None:
+    def put(self, key: str, frame: pd.DataFrame, meta: dict[str, Any] | None = None) -> None:
+        """Store ``frame`` (atomically: a reader sees the old entry or the new one) and a small
+        JSON-able ``meta`` dict with it (e.g. how many records the mapping skipped)."""
         if not self.enabled:
             return
         path = self.path_for(key)
@@ -112,7 +116,7 @@ class FrameCache:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
         os.close(fd)
         try:
-            self._write(frame, tmp)
+            self._write(frame, tmp, meta or {})
             os.replace(tmp, path)
         except Exception:
             Path(tmp).unlink(missing_ok=True)
@@ -128,11 +132,12 @@ class FrameCache:
     # -- encoding --------------------------------------------------------------------------
 
     @classmethod
-    def _write(cls, frame: pd.DataFrame, path: str) -> None:
+    def _write(cls, frame: pd.DataFrame, path: str, meta: dict[str, Any] | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         frame = frame.reset_index(drop=True)
+        frame.attrs = {}  # pandas writes attrs into the file's metadata: ours go in _META_KEY
         json_columns: list[str] = []
         encoded = {}
         for name in frame.columns:
@@ -152,9 +157,10 @@ class FrameCache:
         if encoded:
             frame = frame.assign(**{str(k): v for k, v in encoded.items()})
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[cls._META_KEY] = json.dumps({"version": cls.VERSION, "json_columns": json_columns}).encode()
-        pq.write_table(table.replace_schema_metadata(meta), path)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[cls._META_KEY] = json.dumps(
+            {"version": cls.VERSION, "json_columns": json_columns, "meta": meta or {}}).encode()
+        pq.write_table(table.replace_schema_metadata(schema_meta), path)
 
     @classmethod
     def _read(cls, path: Path) -> pd.DataFrame:
@@ -166,5 +172,6 @@ class FrameCache:
         frame = table.to_pandas(use_threads=False)
         for name in info.get("json_columns", []):
             frame[name] = frame[name].map(json.loads, na_action="ignore").astype(object)
+        frame.attrs = {"cache_meta": info.get("meta", {})}
         return frame
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from dfp_ray.messages import FileToDfOptions
 from dfp_ray.readers.flatten import flatten_records
+from dfp_ray.readers.storage import open_fs
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +84,8 @@ def detect_file_type(url: str, head: bytes | None = None) -> str:
 def _read_bytes(url: str, storage_options: dict | None, compression: str | None) -> bytes:
     """The whole file in one request (``cat_file``: one GET on S3, where ``open`` adds a HEAD)."""
     from fsspec.compression import compr
-    from fsspec.core import url_to_fs
 
-    remote = "://" in url and not url.startswith("file://")
-    fs, path = url_to_fs(url, **((storage_options or {}) if remote else {}))
+    fs, path = open_fs(url, storage_options)
     data = fs.cat_file(path)
     if compression:
         if compression not in compr or compr[compression] is None:

@@ -414,39 +414,45 @@ class ModelRegistry:
                     tags={**common_tags, "registered_model": name},
                 )
                 run_id = run.info.run_id
-                now = int(time.time() * 1000)
-                client.log_batch(
-                    run_id,
-                    params=[Param(k, v) for k, v in params.items()],
-                    tags=[Tag("mlflow.source.name", "dfp_ray"), Tag("mlflow.source.type", "JOB")],
-                    metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
-                )
-                # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING, linked
-                # to the run as its output, artifacts uploaded, then READY (FAILED on an error).
-                logged = client.create_logged_model(
-                    exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
-                )
                 try:
-                    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-                    template.write_mlmodel(
-                        model_dir, model_id=logged.model_id, run_id=run_id,
-                        artifact_path=logged.artifact_location, signature=signature,
-                    )  # fmt: skip
-                    client.log_model_artifacts(logged.model_id, str(model_dir))
+                    now = int(time.time() * 1000)
+                    client.log_batch(
+                        run_id,
+                        params=[Param(k, v) for k, v in params.items()],
+                        tags=[Tag("mlflow.source.name", "dfp_ray"), Tag("mlflow.source.type", "JOB")],
+                        metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
+                    )
+                    # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING, linked
+                    # to the run as its output, artifacts uploaded, then READY (FAILED on an error).
+                    logged = client.create_logged_model(
+                        exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
+                    )
+                    try:
+                        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+                        template.write_mlmodel(
+                            model_dir, model_id=logged.model_id, run_id=run_id,
+                            artifact_path=logged.artifact_location, signature=signature,
+                        )  # fmt: skip
+                        client.log_model_artifacts(logged.model_id, str(model_dir))
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                        raise
+                    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+                    version = client.create_model_version(
+                        name,
+                        source=f"models:/{logged.model_id}",
+                        run_id=run_id,
+                        tags=version_tags,
+                        model_id=logged.model_id,
+                        description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
+                        await_creation_for=60,
+                    )
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                        client.set_terminated(run_id, "FAILED")
                     raise
-                client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-                version = client.create_model_version(
-                    name,
-                    source=f"models:/{logged.model_id}",
-                    run_id=run_id,
-                    tags=version_tags,
-                    model_id=logged.model_id,
-                    description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
-                    await_creation_for=60,
-                )
+                client.set_terminated(run_id, "FINISHED")  # a run left RUNNING looks like a crash
         ref = ModelRef(name=name, version=str(version.version), run_id=run_id)
         log.info("registered %s in %.2f s", ref.label, time.perf_counter() - started)
         return ref
@@ -511,6 +517,19 @@ class ModelRegistry:
                 if not token:
                     break
         return found
+
+    def version_with_tag(self, source: str, user: str | None, key: str, value: str) -> ModelRef | None:
+        """The newest version of ``user``'s model tagged ``key=value``, or None.
+
+        How a retried training finds out that the model was already registered before its actor
+        died (versions carry the ``dfp_work`` tag of the run and message that trained them)."""
+        name = self.model_name(source, user)
+        if "'" in name or "'" in value:
+            return None
+        where = f"name = '{name}' and tags.{key} = '{value}'"
+        found = self._retry(f"version of {name} tagged {key}", lambda: self.client.search_model_versions(where))
+        refs = [ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id or None) for mv in found]
+        return max(refs, key=lambda r: r.version_number, default=None)
 
     def versions(self, source: str, user: str | None) -> list[ModelRef]:
         """All versions of the user's model, oldest first."""

@@ -1,0 +1,80 @@
+"""The Ray Serve side: one ingress deployment running the FastAPI app, and how to deploy it.
+
+* :class:`ApiIngress` is the deployment: each replica builds its own app from the config
+  (``__serve_build_asgi_app__``, Serve's late-bound ingress), so nothing but the config
+  crosses from the driver to the replicas. Its health check fails when the job watcher
+  thread died, so Serve replaces such a replica.
+* :func:`application` turns a :class:`ServeConfig` into a bound application, with replicas,
+  resources and request limits from ``cfg.deployment``.
+* :func:`build_app` is the builder named in ``configs/serve_app.yaml`` (``serve run`` /
+  ``serve deploy``): its ``args`` are ``config`` (a YAML path) and/or any config keys.
+* :func:`deploy` starts Serve's HTTP proxy on ``cfg.host:cfg.port`` and runs the app; it is
+  what ``dfp-ray serve`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from .config import ServeConfig, load_serve_config, resolved
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(name="dfp_ray_api")
+@serve.ingress()
+class ApiIngress:
+    """The HTTP ingress of every dfp_ray service (see :mod:`dfp_ray.serve.app`)."""
+
+    def __init__(self, config: ServeConfig | dict[str, Any]) -> None:
+        self.cfg = config if isinstance(config, ServeConfig) else ServeConfig.model_validate(config)
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a replica (tests of the class itself)
+            self.replica_id = uuid.uuid4().hex[:12]
+        self._app: Any = None
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from .app import create_app
+
+        self._app = create_app(self.cfg, replica_id=self.replica_id)
+        return self._app
+
+    def check_health(self) -> None:
+        if self._app is not None and not self._app.state.dfp.jobs.alive():
+            raise RuntimeError("the job watcher thread stopped; this replica cannot heartbeat its jobs")
+
+
+def application(cfg: ServeConfig) -> Application:
+    """The bound Serve application for ``cfg`` (secrets resolved here, where it is built)."""
+    d = cfg.deployment
+    actor_options: dict[str, Any] = {"num_cpus": d.ray_actor_options.num_cpus, "num_gpus": d.ray_actor_options.num_gpus}
+    if d.ray_actor_options.memory is not None:
+        actor_options["memory"] = d.ray_actor_options.memory
+    return ApiIngress.options(
+        num_replicas=d.num_replicas,
+        max_ongoing_requests=d.max_ongoing_requests,
+        ray_actor_options=actor_options,
+        health_check_period_s=d.health_check_period_s,
+        health_check_timeout_s=d.health_check_timeout_s,
+        graceful_shutdown_timeout_s=d.graceful_shutdown_timeout_s,
+    ).bind(resolved(cfg))
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve application builder: ``args`` = ``{"config": "configs/serve.yaml", <overrides>...}``."""
+    overrides = dict(args)
+    path = overrides.pop("config", None)
+    return application(load_serve_config(path, overrides))
+
+
+def deploy(cfg: ServeConfig) -> str:
+    """Start Serve's proxy on ``cfg.host:cfg.port`` (on the Ray already initialised) and run the app; returns its URL."""
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    return cfg.url()
