@@ -13,15 +13,19 @@ Sets (each reported apart):
 Profiles: ``ours`` (the shipped defaults: schemas, autoencoder, calibrated rule) and
 ``morpheus`` (what main did before: Morpheus's training recipe and feature lists, plain-std
 z-scores, ``mean_abs_z > 2.0``). Within the ``ours`` profile the Morpheus rule (plain std,
-fixed 2.0) is also applied to the SAME models, so the scoring gain is measured apart from
-the training and feature gains.
+fixed 2.0) is also applied to the SAME models (rule ``same+2.0``), so the scoring gain is
+measured apart from the training and feature gains; and on the synthetic sets every event is
+also scored by the generic model alone (rule ``generic``: how users without a model of their
+own are caught).
 
 Per set x kind: recall at the rule, AUROC of the rule's ranking score against every normal
 event, recall at a 1% false-positive rate, and the rule's false-positive rate; then the alert
 rate per user percentile (are a few users producing most alerts?).
 
 Every model trains in-process with the pipeline's own steps (file to DataFrame, data prep,
-training, inference, filter detections: :mod:`dfp_ray.tools.quality`), one thread.
+training, inference, filter detections: :mod:`dfp_ray.tools.quality`), one thread, with the
+settings of ``configs/<source>.yaml`` (LANL: ``min_train_rows: 100``). The user models of a
+set are pooled for their thresholds as one user actor's call pools them.
 
     python benchmarks/bench_quality.py [--sets default-duo,habits-duo,lanl,...] [--profiles ours,morpheus]
                                        [--users 20] [--habits-users 72] [--lanl PATH]
@@ -38,7 +42,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ALL_SETS = ("default-duo", "default-azure", "habits-duo", "habits-azure", "lanl", "lanl+redteam")
-LANL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lanl"
+ROOT = Path(__file__).resolve().parents[1]
+LANL_DIR = ROOT.parent / "shared" / "data" / "lanl"
+
+
+def shipped_config(source: str):
+    """configs/<source>.yaml: the settings a user running that source gets."""
+    from dfp_ray.config import load_config
+
+    path = ROOT / "configs" / f"{source}.yaml"
+    return load_config(path if path.exists() else None, {"source": source})
 
 
 def morpheus_schema(name: str):
@@ -82,7 +95,7 @@ def load_set(name: str, work: Path, args, schema_for):
         redteam = Path(args.lanl) / "lanl_redteam.txt.gz" if name == "lanl+redteam" else None
         return Q.load_lanl_set(sample, redteam=redteam, schema=schema_for("lanl"))
     family, source = name.split("-")
-    folder = work / family
+    folder = work / name
     if not (folder / source).exists():
         if family == "default":
             generate(DatagenConfig(out=str(folder), sources=[source], users=args.users, seed=args.seed), progress=False)
@@ -121,11 +134,14 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
 
     schema_for = morpheus_schema if profile == "morpheus" else load_schema
     qset = load_set(name, work, args, schema_for)
-    params = morpheus_params() if profile == "morpheus" else AutoencoderParams()
+    cfg = shipped_config(qset.schema.name)
+    params = morpheus_params() if profile == "morpheus" else cfg.autoencoder
+    params = AutoencoderParams.model_validate({**params.model_dump(), "device": "cpu", "num_threads": None})
+    min_rows = 10 if profile == "morpheus" else cfg.min_train_rows
     started = time.perf_counter()
-    models = Q.train_models(qset, params)
+    models = Q.train_models(qset, params, min_train_rows=min_rows)
     train_s = time.perf_counter() - started
-    rule = DetectionConfig(rule="fixed") if profile == "morpheus" else DetectionConfig()
+    rule = DetectionConfig(rule="fixed", threshold=2.0) if profile == "morpheus" else cfg.detection
     scored = Q.score_set(qset, models, detection=rule)
     results = []
     label = "morpheus" if profile == "morpheus" else "ours"
@@ -135,13 +151,26 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
         plain = plain_scores(scored, models, qset.schema)
         results.append(Q.measure(scored, qset.truth, score=plain, detected=plain > 2.0, name=name,
                                  rule="same+2.0", rare=qset.rare))
+        if models.users and not name.startswith("lanl"):
+            # every event scored by the generic model alone: users without a model of their own
+            alone = Q.score_set(qset, Q.TrainedModels(generic=models.generic, users={}), detection=rule)
+            results.append(Q.measure(alone, qset.truth, score=alone["anomaly_score"].to_numpy(),
+                                     detected=(alone["anomaly_score"] > 1).to_numpy(), name=name,
+                                     rule="generic", rare=qset.rare))
     detected = scored["anomaly_score"].to_numpy() > 1
     rates = Q.alert_rate_percentiles(scored, detected, qset.schema.user_column)
+    normal = ~scored["event_id"].astype(str).isin(qset.truth["event_id"].astype(str)).to_numpy()
+    normal_rates = Q.alert_rate_percentiles(scored[normal], detected[normal], qset.schema.user_column)
+    if args.keep:
+        keep = Path(args.keep)
+        keep.mkdir(parents=True, exist_ok=True)
+        scored.to_pickle(keep / f"scored_{label}_{name}.pkl")
     sources = scored["threshold_source"].value_counts().to_dict() if "threshold_source" in scored else {}
-    print(f"  {name} [{label}]: {len(models.users)} user models + generic trained in {train_s:.0f} s; "
+    print(f"  {name} [{label}]: {len(models.users)} user models (>= {min_rows} rows) + generic trained in {train_s:.0f} s; "
           f"{len(scored)} events scored; thresholds {sources}", flush=True)
     print("    alert rate per user (share of the user's events flagged) at user percentiles: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()), flush=True)
+          + ", ".join(f"{k} {v:.3f}" for k, v in rates.items())
+          + "; normal events only: " + ", ".join(f"{k} {v:.3f}" for k, v in normal_rates.items()), flush=True)
     for r in results:
         rare = ", ".join(f"{k} {n} events {v:.3f} flagged" for k, (n, v) in r.rare_fpr.items())
         print(f"    {r.rule}: flagged {r.flagged} of {r.events} ({r.flagged / max(r.events, 1):.4f}); top user "
@@ -159,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--habits-users", type=int, default=72, help="users of the habits sets")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lanl", default=str(LANL_DIR), help="folder with the LANL sample and red-team file")
+    parser.add_argument("--keep", default=None, help="folder to keep every scored set in (pickles), for analysis")
     args = parser.parse_args(argv)
 
     import logging

@@ -283,7 +283,8 @@ class DFPAutoencoder:
             in_sample = np.empty(0)
             if p.calibration_rows:
                 picks = np.unique(np.linspace(0, len(train) - 1, min(p.calibration_rows, len(train))).astype(np.int64))
-                sample = train if len(picks) == len(train) else type(train)(train.codes[picks], train.dense[picks])
+                index = torch.from_numpy(picks).to(device)
+                sample = train if len(picks) == len(train) else EncodedFrame(train.codes[index], train.dense[index])
                 in_sample = raw_scores(network, sample, stats, p.eval_batch_size, device, p.precision)
 
         self.encoder, self.network, self.device = encoder, network, device
