@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("bench_serve_fingerprint.py", False),
     ("bench_serve_dfp.py", False),
     ("bench_kafka.py", False),
+    ("bench_quality.py", False),
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dfp_ray.autoencoder.calibration import DEFAULT_ALERT_RATE
 from dfp_ray.autoencoder.params import AutoencoderParams
 from dfp_ray.yaml_config import ConfigError, parse_override, read_yaml, set_dotted, validate_model
 
@@ -45,8 +46,30 @@ class MLflowConfig(_Strict):
 
 
 class DetectionConfig(_Strict):
-    threshold: float = Field(2.0, description="Rows whose score column exceeds this are detections.")
-    score_column: Literal["mean_abs_z", "max_abs_z"] = "mean_abs_z"
+    """Which scored rows are detections (see docs/scoring.md).
+
+    ``calibrated`` (default): each model flags the rows whose ``mean_abs_z`` passes its own
+    threshold for ``alert_rate``, estimated from rows it held out in training; the output says
+    which threshold was used (``alert_threshold``, ``threshold_source``) and ``anomaly_score``
+    = ``mean_abs_z / alert_threshold`` ranks rows of all users on one scale (detection: > 1).
+    ``fixed``: Morpheus's rule, ``score_column > threshold`` for every model.
+    """
+
+    rule: Literal["calibrated", "fixed"] = Field(
+        "calibrated", description="calibrated: per-model thresholds for alert_rate; fixed: score_column > threshold."
+    )
+    alert_rate: float = Field(
+        DEFAULT_ALERT_RATE, gt=0, lt=0.5,
+        description="calibrated rule: the share of a model's normal events it should flag (0.003 = 3 in 1,000).",
+    )
+    threshold: float = Field(2.0, description="fixed rule: rows whose score column exceeds this are detections.")
+    score_column: Literal["mean_abs_z", "max_abs_z"] = Field(
+        "mean_abs_z", description="fixed rule: the score compared with threshold (Morpheus: mean_abs_z)."
+    )
+    explain_top: int = Field(
+        3, ge=0, le=10,
+        description="Drivers named per detection (driver_<i>, driver_<i>_value, _expected, _z; explanation).",
+    )
 
 
 class OutputConfig(_Strict):

@@ -79,7 +79,8 @@ def test_loss_falls_on_learnable_data(trained):
 def test_loss_falls_with_morpheus_sgd_defaults():
     """SGD lr 0.001 with decay, swap noise 0.2: the Morpheus recipe still learns."""
     df = make_frame(600, seed=3)
-    params = AutoencoderParams(encoder_layers=[64, 48], decoder_layers=[64], epochs=15, batch_size=32)
+    params = AutoencoderParams(encoder_layers=[64, 48], decoder_layers=[64], epochs=15, batch_size=32,
+                               optimizer="sgd", min_batches_per_epoch=1)
     report = DFPAutoencoder(CATS, NUMS, BINS, params).fit(df)
     # slow (that is the recipe) but steady: every epoch improves on the previous one
     assert all(b < a for a, b in zip(report.val_loss, report.val_loss[1:], strict=False))
@@ -111,18 +112,26 @@ def test_result_columns_index_and_formulas(trained):
     df.index = pd.Index([f"event-{i}" for i in range(len(df))], name="txid")
     result = model.score(df)
     expected = [f"{f}_{kind}" for f in model.feature_columns for kind in ("loss", "z_loss", "pred")]
-    assert list(result.columns) == expected + ["max_abs_z", "mean_abs_z"]
+    calibrated = ["alert_threshold", "anomaly_score", "threshold_source"]
+    assert list(result.columns) == expected + ["max_abs_z", "mean_abs_z"] + calibrated
     assert model.feature_columns == NUMS + BINS + CATS
     assert result.index.equals(df.index)
+    # z divides by the robust scale: Morpheus's std, never below loss_std_floor
+    for f in model.feature_columns:
+        stats = model.loss_stats[f]
+        assert stats["scale"] == pytest.approx(max(stats["std"], model.params.loss_std_floor))
     z = np.column_stack(
         [
-            np.abs((result[f"{f}_loss"] - model.loss_stats[f]["mean"]) / model.loss_stats[f]["std"])
+            np.abs((result[f"{f}_loss"] - model.loss_stats[f]["mean"]) / model.loss_stats[f]["scale"])
             for f in model.feature_columns
         ]
     )
     np.testing.assert_allclose(result[[f"{f}_z_loss" for f in model.feature_columns]].to_numpy(), z)
     np.testing.assert_allclose(result["max_abs_z"], z.max(axis=1))
     np.testing.assert_allclose(result["mean_abs_z"], z.mean(axis=1))
+    threshold = model.threshold()
+    assert (result["alert_threshold"] == threshold.value).all() and (result["threshold_source"] == threshold.source).all()
+    np.testing.assert_allclose(result["anomaly_score"], result["mean_abs_z"] / threshold.value)
     # predictions: original units, bools, known categories
     assert result["result_pred"].dtype == bool
     assert set(result["os_pred"]) <= {"windows", "linux", "macos"}
@@ -222,14 +231,38 @@ def test_save_load_round_trip(trained, tmp_path):
     weights = load_file(str(target / "model.safetensors"))
     assert all(torch.equal(weights[k], v) for k, v in model.network.state_dict().items())
 
+    assert metadata["format_version"] == 2 and metadata["calibration"]["holdout_rows"] == report.val_rows
+
     loaded = DFPAutoencoder.load(target, device="cpu")
     assert loaded.feature_columns == model.feature_columns
     assert loaded.loss_stats == model.loss_stats
+    assert loaded.calibration == model.calibration
     assert loaded.n_train_rows == model.n_train_rows == report.train_rows
     assert loaded.training_report == report
     assert loaded.params.model_dump(exclude={"device"}) == model.params.model_dump(exclude={"device"})
     probe = pd.concat([df.iloc[:100], make_frame(20, seed=9).assign(os="unseen-os")], ignore_index=True)
     pd.testing.assert_frame_equal(loaded.score(probe), model.score(probe), check_exact=True)
+
+
+def test_a_model_saved_before_calibration_loads_and_scores_like_morpheus(trained, tmp_path):
+    """Format 1 (no scale, no calibration): z divides by the plain std; no threshold columns,
+    so the detection rule falls back to its fixed threshold for that model."""
+    model, _, df = trained
+    model.save(tmp_path / "v1")
+    meta = json.loads((tmp_path / "v1" / "model.json").read_text())
+    meta["format_version"] = 1
+    for key in ("calibration", "numeric_scale", "category_min_count"):
+        meta.pop(key)
+    for stats in meta["loss_stats"].values():
+        stats.pop("scale")
+    (tmp_path / "v1" / "model.json").write_text(json.dumps(meta))
+    old = DFPAutoencoder.load(tmp_path / "v1", device="cpu")
+    assert old.calibration is None and old.threshold() is None
+    scored = old.score(df.head(5))
+    assert "alert_threshold" not in scored.columns
+    f = model.feature_columns[0]
+    stats = model.loss_stats[f]
+    np.testing.assert_allclose(scored[f"{f}_z_loss"], np.abs((scored[f"{f}_loss"] - stats["mean"]) / stats["std"]))
 
 
 def test_load_errors_are_clear(tmp_path):
@@ -360,12 +393,9 @@ def test_morpheus_defaults_and_layer_sizes():
         512,
         30,
     )
-    assert (p.validation_fraction, p.early_stopping_patience, p.optimizer, p.min_category_count) == (
-        0.1,
-        5,
-        "sgd",
-        1,
-    )
+    assert (p.validation_fraction, p.early_stopping_patience, p.min_category_count) == (0.1, 5, 1)
+    # ours, measured in docs/scoring.md; optimizer="sgd", min_batches_per_epoch=1, loss_std_floor=0 is Morpheus
+    assert (p.optimizer, p.min_batches_per_epoch, p.loss_std_floor) == ("adam", 8, 0.1)
     assert (p.device, p.seed, p.max_embedding_dim) == ("auto", 42, 600)
     assert [embedding_dim(n) for n in (2, 5, 301, 1000, 10**6)] == [
         round(1.6 * 2**0.56),

@@ -68,7 +68,7 @@ def test_inference_writes_detections_with_reference_columns(trained):
     scores = pd.read_csv(infer.scores_path, dtype={"event_id": str})
     detections = pd.read_csv(infer.detections_path, dtype={"event_id": str})
     assert len(scores) == infer.rows_scored
-    assert len(detections) == infer.detections == int((scores["mean_abs_z"] > 2.0).sum())
+    assert len(detections) == infer.detections == int((scores["anomaly_score"] > 1.0).sum())  # the calibrated rule
     for f in ["accessdevicebrowser", "accessdeviceos", "authdevicename", "reason", "result",
               "locincrement", "logcount"]:
         for suffix in ("_loss", "_z_loss", "_pred"):
@@ -105,7 +105,7 @@ def test_parallel_loading_and_detections_only_output_match_the_reference_run(tra
         assert summary.ok and summary.rows_scored == reference.rows_scored
         assert summary.messages_detail[0].stage_seconds.load > 0
         detections = pd.read_csv(summary.detections_path, dtype={"event_id": str}).drop(columns="event_time")
-        expected = ref_scores[ref_scores["mean_abs_z"] > 2.0]
+        expected = ref_scores[ref_scores["anomaly_score"] > 1.0]
         assert summary.detections == len(expected) == len(detections)
         pd.testing.assert_frame_equal(
             detections.sort_values("event_id").reset_index(drop=True),

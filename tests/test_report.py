@@ -197,3 +197,48 @@ def test_cli_errors_are_reported_not_raised(tmp_path, files, capsys):
     assert main(["report", "--scores", str(tmp_path), "--out", str(tmp_path / "x.html"), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["evaluation"] is None and (tmp_path / "x.html").exists()
+
+
+def _calibrated_scores() -> pd.DataFrame:
+    """The pipeline's calibrated output: per-row thresholds, anomaly_score and explanations
+    (here a cyclic hour driver the z-loss columns alone would not show as one feature)."""
+    df = _scores()
+    df["alert_threshold"] = 3.0
+    df["threshold_source"] = np.where(df["username"] == "alice", "own", "population")
+    df["anomaly_score"] = df["mean_abs_z"] / 3.0
+    detected = df["anomaly_score"] > 1
+    for i in (1, 2, 3):
+        df[f"driver_{i}"] = np.where(detected, ["hour_of_day", "reason", "logcount"][i - 1], "")
+        df[f"driver_{i}_value"] = np.where(detected, ["03:12", "<i>x</i>", "6"][i - 1], "")
+        df[f"driver_{i}_expected"] = np.where(detected, ["14:05", "user_approved", "2"][i - 1], "")
+        df[f"driver_{i}_z"] = np.where(detected, [21.0, 9.0, 4.0][i - 1], np.nan)
+    df["explanation"] = np.where(detected, "hour_of_day=03:12 (expected 14:05, z 21)", "")
+    return df
+
+
+def test_report_defaults_to_the_calibrated_rule_and_shows_the_pipeline_drivers(tmp_path, capsys):
+    df = _calibrated_scores()
+    path = tmp_path / "dfp_scores_duo.csv"
+    df.to_csv(path, index=False)
+    assert main(["report", "--scores", str(path), "--out", str(tmp_path / "r.html")]) == 0
+    expected = int((df["anomaly_score"] > 1).sum())
+    assert f"{expected} detections (anomaly_score > 1)" in capsys.readouterr().out
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "hour_of_day" in text and "03:12" in text and "expected 14:05" in text
+    assert "population" in text and "<i>x</i>" not in text and "&lt;i&gt;x&lt;/i&gt;" in text
+    # the explanation columns keep their text through the CSV ("6" stays a string, not a number)
+    from dfp_ray.tools.evaluation import load_scores
+
+    loaded = load_scores(path)
+    assert loaded.loc[df["anomaly_score"] > 1, "driver_3_value"].eq("6").all()
+    assert loaded["driver_1_z"].dtype == float
+
+
+def test_scores_without_event_id_are_numbered(tmp_path, caplog):
+    from dfp_ray.tools.evaluation import load_scores
+
+    path = tmp_path / "dfp_scores_x.csv"
+    _scores().drop(columns="event_id").to_csv(path, index=False)
+    loaded = load_scores(path)
+    assert loaded["event_id"].tolist()[:2] == ["row-0", "row-1"]
+    assert "no event_id column" in caplog.text

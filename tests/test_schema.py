@@ -182,3 +182,83 @@ def test_schema_rejects_unknown_feature():
 def test_unknown_builtin_schema_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="azure"):
         load_schema("okta")
+
+
+# ---------------------------------------------------------------------------- real sources
+
+LANL_SAMPLE = "/work/shared/data/lanl/lanl_auth_sample_days0-2_from_safekit.csv.gz"
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(LANL_SAMPLE).exists(), reason="LANL sample not on this machine")
+def test_lanl_schema_maps_the_real_sample():
+    from dfp_ray.tools.quality import read_lanl
+
+    schema = load_schema("lanl")
+    raw = read_lanl(LANL_SAMPLE)
+    df, report = frame_from_records(raw, schema)
+    assert report.kept == len(raw) == 15_000 and report.skipped_total == 0
+    # seconds from the collection's start, counted from the schema's origin: day N is 2015-01-(N+1)
+    assert df["timestamp"].min() == pd.Timestamp("2015-01-01T00:00:01Z")
+    assert sorted(df["timestamp"].dt.day.unique()) == [1, 2, 3]
+    assert df["event_id"].is_unique  # synthesised: the source has no id
+    # LANL writes "?" for unknown: missing, i.e. the category "nan"
+    assert (raw["auth_type"] == "?").sum() == (df["auth_type"] == "nan").sum() > 0
+    assert "?" not in set(df["logon_type"])
+    assert df["success"].mean() > 0.98 and df["success"].dtype == bool
+    first = df[df["username"] == "U101@DOM1"].iloc[0]
+    assert (first["src_computer"], first["dst_computer"], first["auth_orientation"]) == ("C1862", "C1862", "AuthMap")
+    assert df.groupby([df["username"], df["timestamp"].dt.day])["logcount"].min().eq(0).all()
+
+
+def test_epoch_origin_missing_values_pattern_and_hash_ids():
+    schema = SourceSchema.model_validate({
+        "name": "t", "event_id_column": "event_id",
+        "fields": [
+            {"name": "timestamp", "path": "t", "type": "datetime", "time_format": "epoch_s",
+             "time_origin": "2020-01-01T00:00:00Z"},
+            {"name": "username", "path": "u"},
+            {"name": "event_id", "hash": ["t", "u", "b"]},
+            {"name": "browser", "path": "b", "pattern": "^(.+?) [0-9][0-9.]*$", "missing_values": ["?", "-"]},
+        ],
+        "features": {"categorical": ["browser"]},
+    })
+    raw = pd.DataFrame({"t": [0, 86_400, 86_400, 5], "u": ["a", "a", "a", "b"],
+                        "b": ["Chrome 118.0.5993", "Mobile Safari", "Mobile Safari", "?"]})
+    df, _ = frame_from_records(raw, schema)
+    assert list(df["timestamp"]) == [pd.Timestamp("2020-01-01T00:00:00Z"), pd.Timestamp("2020-01-01T00:00:05Z"),
+                                     pd.Timestamp("2020-01-02T00:00:00Z"), pd.Timestamp("2020-01-02T00:00:00Z")]
+    assert list(df["browser"]) == ["Chrome", "nan", "Mobile Safari", "Mobile Safari"]
+    ids = list(df["event_id"])
+    assert len(set(ids)) == 4  # identical lines keep distinct ids ("-0", "-1")
+    assert ids[2][:16] == ids[3][:16] and {ids[2][-2:], ids[3][-2:]} == {"-0", "-1"}
+    again, _ = frame_from_records(raw, schema)
+    assert list(again["event_id"]) == ids  # stable: the same lines give the same ids
+
+
+def test_time_features_are_cyclic_and_declared_in_yaml():
+    import numpy as np
+
+    schema = load_schema("duo")
+    assert {"hour_of_day_sin", "hour_of_day_cos", "day_of_week_sin", "day_of_week_cos"} <= set(schema.features.numeric)
+    assert "application" in schema.features.categorical
+    t0 = 1704067200  # 2024-01-01T00:00:00Z, a Monday
+    recs = [duo_record(t0 + 23 * 3600 + 59 * 60, "a", txid="x"), duo_record(t0 + 86_400 * 5 + 60, "a", txid="y")]
+    df = add_derived_features(frame_from_records(recs, schema, derive=False)[0], schema)
+    hour = np.degrees(np.arctan2(df["hour_of_day_sin"], df["hour_of_day_cos"])) % 360 / 15
+    assert hour.round(2).tolist() == [23.98, 0.02]  # 23:59 and 00:01 sit next to each other on the circle
+    day = np.degrees(np.arctan2(df["day_of_week_sin"], df["day_of_week_cos"])) % 360 / (360 / 7)
+    assert day.round(2).tolist() == [pytest.approx(0.0 + 23.98 / 24, abs=0.01), pytest.approx(5.0, abs=0.01)]
+    weekend = SourceSchema.model_validate({**schema.model_dump(), "time_features": [
+        {"name": "weekend", "kind": "weekend", "timezone": "Asia/Tokyo"}], "features": {"binary": ["weekend"]}})
+    df = add_derived_features(frame_from_records(recs, weekend, derive=False)[0], weekend)
+    assert df["weekend"].tolist() == [False, True]  # Tokyo: Tuesday 08:59, then Saturday 09:01
+
+
+def test_time_feature_and_min_count_errors_name_the_problem():
+    base = load_schema("duo").model_dump()
+    with pytest.raises(ValueError, match="unknown timezone 'Mars/Base'"):
+        SourceSchema.model_validate({**base, "time_features": [{"name": "h", "kind": "hour_of_day", "timezone": "Mars/Base"}]})
+    with pytest.raises(ValueError, match="not categorical features"):
+        SourceSchema.model_validate({**base, "features": {**base["features"], "min_count": {"logcount": 2}}})
+    with pytest.raises(ValueError, match="needs a group"):
+        SourceSchema.model_validate({**base, "fields": [*base["fields"], {"name": "x", "path": "x", "pattern": "abc"}]})

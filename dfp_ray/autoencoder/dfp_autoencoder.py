@@ -23,14 +23,16 @@ import torch
 
 from . import io as model_io
 from . import kernels
+from .calibration import DEFAULT_ALERT_RATE, Calibration, Threshold, threshold_for
 from .encoding import EncodedFrame, FeatureColumns, FeatureEncoder, embedding_dim
 from .model import DFPNetwork
 from .params import AutoencoderParams
-from .scoring import score_encoded, score_frame
+from .scoring import raw_scores, score_encoded, score_frame
 from .trainer import (
     LossStatistics,
     TrainingReport,
     loss_statistics,
+    robust_scale,
     set_threads,
     torch_threads,
     train_network,
@@ -122,6 +124,8 @@ class DFPAutoencoder:
         numeric: list[str],
         binary: list[str],
         params: AutoencoderParams | None = None,
+        numeric_scale: dict[str, float] | None = None,
+        category_min_count: dict[str, int] | None = None,
     ) -> None:
         _check_features(categorical, numeric, binary)
         categorical, numeric, binary = list(categorical), list(numeric), list(binary)
@@ -139,6 +143,12 @@ class DFPAutoencoder:
         self.training_report: TrainingReport | None = None
         self.device: torch.device | None = None
         self._stats: LossStatistics | None = None
+        # Smallest scaler std per numeric column (its meaningful unit; see FeatureEncoder.fit).
+        self.numeric_scale = {c: float(v) for c, v in (numeric_scale or {}).items() if c in numeric}
+        # Per categorical column: values rarer than this in training share the "other" class.
+        self.category_min_count = {c: int(v) for c, v in (category_min_count or {}).items() if c in categorical}
+        # Held-out and in-sample score distributions (see calibration.py); None until fitted.
+        self.calibration: Calibration | None = None
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -188,22 +198,39 @@ class DFPAutoencoder:
 
     def _set_stats(self, stats: LossStatistics) -> None:
         self._stats = stats
+        assert stats.scale is not None
         self.loss_stats = {
-            f: {"mean": float(stats.mean[j]), "std": float(stats.std[j])}
+            f: {"mean": float(stats.mean[j]), "std": float(stats.std[j]), "scale": float(stats.scale[j])}
             for j, f in enumerate(self.feature_columns)
         }
 
+    def _prior_std(self, prior: DFPAutoencoder | None) -> torch.Tensor | None:
+        """The prior model's loss stds in this model's feature order (None if it lacks a feature)."""
+        if prior is None or prior.loss_stats is None:
+            return None
+        if any(f not in prior.loss_stats for f in self.feature_columns):
+            return None
+        return torch.tensor([prior.loss_stats[f]["std"] for f in self.feature_columns], dtype=torch.float64)
+
     # ------------------------------------------------------------------ fit
     def fit(
-        self, df: pd.DataFrame, progress: bool = False, threads: Callable[[], int] | None = None
+        self,
+        df: pd.DataFrame,
+        progress: bool = False,
+        threads: Callable[[], int] | None = None,
+        prior: DFPAutoencoder | None = None,
     ) -> TrainingReport:
         """Train on ``df`` (rows already in time order); the last ``validation_fraction`` validate.
 
         Vocabularies and scalers are learnt from the training rows only. Afterwards the loss
         statistics (per-feature mean/std of per-row losses on the unswapped training rows) are
-        computed in batches. Refitting starts from scratch. ``threads`` (optional) is asked
-        before every epoch and before the loss statistics how many intra-op threads to use
-        (``params.num_threads`` fixes the start); the caller's thread count is restored after.
+        computed in batches, then the calibration: the scores of the held-out validation rows
+        and of up to ``calibration_rows`` training rows (see calibration.py). Refitting starts
+        from scratch. ``threads`` (optional) is asked before every epoch and before the loss
+        statistics how many intra-op threads to use (``params.num_threads`` fixes the start);
+        the caller's thread count is restored after. ``prior`` (optional, e.g. the generic
+        model) lends its loss stds to features this model saw little variation of
+        (``params.prior_rows``).
         """
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"fit() needs a pandas DataFrame, got {type(df).__name__}")
@@ -228,7 +255,8 @@ class DFPAutoencoder:
         keep = p.num_threads if p.num_threads is not None or threads is None else torch.get_num_threads()
         with torch_threads(keep), contextlib.ExitStack() as global_rng:
             encoder = FeatureEncoder.fit(
-                train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories
+                train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories,
+                numeric_scale=self.numeric_scale, category_min_count=self.category_min_count,
             )
             train = encoder.transform(train_df).to(device)
             val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
@@ -246,10 +274,23 @@ class DFPAutoencoder:
             if threads is not None:
                 set_threads(threads())
             stats = loss_statistics(network, train, p.eval_batch_size, device, p.precision)
+            stats.scale = robust_scale(
+                stats.std, p.loss_std_floor, self._prior_std(prior), len(train), p.prior_rows
+            )
+            holdout = (
+                raw_scores(network, val, stats, p.eval_batch_size, device, p.precision) if val is not None else np.empty(0)
+            )
+            in_sample = np.empty(0)
+            if p.calibration_rows:
+                picks = np.unique(np.linspace(0, len(train) - 1, min(p.calibration_rows, len(train))).astype(np.int64))
+                index = torch.from_numpy(picks).to(device)
+                sample = train if len(picks) == len(train) else EncodedFrame(train.codes[index], train.dense[index])
+                in_sample = raw_scores(network, sample, stats, p.eval_batch_size, device, p.precision)
 
         self.encoder, self.network, self.device = encoder, network, device
         self.n_train_rows = len(train)
         self._set_stats(stats)
+        self.calibration = Calibration.from_scores(holdout, in_sample)
         val_means = facts.pop("val_feature_means")
         features = self.feature_columns
         self.training_report = TrainingReport(
@@ -271,9 +312,27 @@ class DFPAutoencoder:
         if self.network is None or self.encoder is None or self._stats is None:
             raise RuntimeError("this DFPAutoencoder is not fitted: call fit() or DFPAutoencoder.load() first")
 
-    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+    def threshold(
+        self, alert_rate: float = DEFAULT_ALERT_RATE, population: Calibration | None = None, *, generic: bool = False
+    ) -> Threshold | None:
+        """The ``mean_abs_z`` above which this model flags ``alert_rate`` of normal events, and how
+        it was estimated (see calibration.py); None for a model saved without a calibration.
+        ``population``: the pooled held-out scores of the source's user models, which set the
+        threshold of users with little history; ``generic``: this is the generic model."""
+        return threshold_for(self.calibration, alert_rate, population, generic=generic)
+
+    def score(
+        self,
+        df: pd.DataFrame,
+        alert_rate: float = DEFAULT_ALERT_RATE,
+        population: Calibration | None = None,
+        *,
+        generic: bool = False,
+    ) -> pd.DataFrame:
         """Per-event results with the index of ``df``: for each feature f ``<f>_loss``,
-        ``<f>_z_loss``, ``<f>_pred``; then ``max_abs_z`` and ``mean_abs_z``.
+        ``<f>_z_loss``, ``<f>_pred``; then ``max_abs_z`` and ``mean_abs_z``; and, for a
+        calibrated model, ``alert_threshold`` (see :meth:`threshold`), ``anomaly_score``
+        (``mean_abs_z / alert_threshold``: above 1 is an alert) and ``threshold_source``.
 
         Extra columns in ``df`` are ignored; unseen categories score against the "other" class.
         """
@@ -284,10 +343,19 @@ class DFPAutoencoder:
         p = self.params
         with torch_threads(p.num_threads):
             return score_frame(
-                self.network, self.encoder, self._stats, df, p.eval_batch_size, self.device, p.precision
+                self.network, self.encoder, self._stats, df, p.eval_batch_size, self.device, p.precision,
+                threshold=self.threshold(alert_rate, population, generic=generic),
             )
 
-    def score_columns(self, columns: FeatureColumns, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def score_columns(
+        self,
+        columns: FeatureColumns,
+        rows: np.ndarray | None = None,
+        alert_rate: float = DEFAULT_ALERT_RATE,
+        population: Calibration | None = None,
+        *,
+        generic: bool = False,
+    ) -> dict[str, np.ndarray]:
         """:meth:`score`'s result columns for ``rows`` (positions) of a frame decoded once with
         :meth:`FeatureColumns.from_frame`; lets one frame be scored by many models cheaply."""
         self._require_fitted()
@@ -297,6 +365,7 @@ class DFPAutoencoder:
             return score_encoded(
                 self.network, self.encoder, self._stats, self.encoder.encode(columns, rows),
                 p.eval_batch_size, self.device, p.precision,
+                threshold=self.threshold(alert_rate, population, generic=generic),
             )
 
     # ------------------------------------------------------------------ persistence
@@ -329,8 +398,14 @@ class DFPAutoencoder:
             LossStatistics(
                 mean=torch.tensor([stats[f]["mean"] for f in order], dtype=torch.float64),
                 std=torch.tensor([stats[f]["std"] for f in order], dtype=torch.float64),
+                # format 1 had no scale: z-scores divided by the plain std
+                scale=torch.tensor([stats[f].get("scale", stats[f]["std"]) for f in order], dtype=torch.float64),
             )
         )
+        model.numeric_scale = {k: float(v) for k, v in metadata.get("numeric_scale", {}).items()}
+        model.category_min_count = {k: int(v) for k, v in metadata.get("category_min_count", {}).items()}
+        if metadata.get("calibration") is not None:
+            model.calibration = Calibration.model_validate(metadata["calibration"])
         model.n_train_rows = int(metadata["n_train_rows"])
         if metadata.get("training_report") is not None:
             model.training_report = TrainingReport.model_validate(metadata["training_report"])

@@ -10,8 +10,9 @@ Conventions (REFERENCE A2/A5, documented in docs/autoencoder.md):
 - categorical: values are compared as strings; NaN/None become the category ``"nan"`` (as
   Morpheus's schemas do). Values below ``min_category_count`` in training, beyond
   ``max_categories``, or unseen in training map to the extra "other" class (the last index).
-- numeric: standard-scaled with the training mean and std (ddof 0; std 0 -> 1). NaN and +-inf
-  become the training mean (0 after scaling).
+- numeric: standard-scaled with the training mean and std (ddof 0; std 0 -> 1; never below the
+  column's declared scale, see :meth:`FeatureEncoder.fit`). NaN and +-inf become the training
+  mean (0 after scaling).
 - binary: True for bool True, non-zero numbers and the strings true/t/yes/y/1 (any case);
   False for everything else, NaN/None included.
 """
@@ -159,15 +160,25 @@ class FeatureEncoder:
         binary: list[str],
         min_category_count: int = 1,
         max_categories: int | None = None,
+        numeric_scale: dict[str, float] | None = None,
+        category_min_count: dict[str, int] | None = None,
     ) -> FeatureEncoder:
-        """Learn vocabularies (most frequent first, ties by value) and numeric scalers from ``df``."""
+        """Learn vocabularies (most frequent first, ties by value) and numeric scalers from ``df``.
+
+        ``numeric_scale`` (optional, per numeric column) is the smallest standard deviation the
+        scaler may use: the feature's meaningful unit (1 for a counter, about an hour for a
+        cyclic hour encoding). A column that (nearly) never varied in training would otherwise
+        be divided by a tiny std, and one unit of change would look like hundreds of stds.
+        Without a scale, a constant column gets std 1 (Morpheus's guard). ``category_min_count``
+        overrides ``min_category_count`` per categorical column.
+        """
         missing = _missing_columns(df, categorical + numeric + binary)
         if missing:
             raise ValueError(f"training frame lacks feature columns {missing}; it has {list(df.columns)}")
         vocabularies: dict[str, list[str]] = {}
         for column in categorical:
             counts = _category_strings(df[column]).value_counts(sort=False)
-            counts = counts[counts >= min_category_count]
+            counts = counts[counts >= (category_min_count or {}).get(column, min_category_count)]
             table = pd.DataFrame({"value": counts.index.astype(str), "count": counts.to_numpy()})
             table = table.sort_values(["count", "value"], ascending=[False, True], kind="mergesort")
             if max_categories is not None:
@@ -181,7 +192,9 @@ class FeatureEncoder:
             mean = float(finite.mean()) if finite.size else 0.0
             std = float(finite.std()) if finite.size else 1.0  # ddof 0, like dfencoder's scaler
             means[column] = mean
-            stds[column] = std if std > 0.0 and math.isfinite(std) else 1.0
+            floor = float((numeric_scale or {}).get(column, 0.0))
+            std = std if std > 0.0 and math.isfinite(std) else (floor or 1.0)
+            stds[column] = max(std, floor)
         return cls(list(categorical), list(numeric), list(binary), vocabularies, means, stds)
 
     # ------------------------------------------------------------------ properties

@@ -5,8 +5,10 @@ A model is a directory:
 - ``model.safetensors``: the network's weights (safetensors: a JSON header + raw tensors; no
   code runs on load, unlike pickle-based ``torch.save`` files that Morpheus/dfencoder use);
 - ``model.json``: everything else, human-readable: format/version, hyper-parameters, feature
-  lists, category vocabularies, numeric scalers, embedding sizes, loss statistics, the number
-  of training rows and the training report.
+  lists, category vocabularies, numeric scalers, embedding sizes, loss statistics (mean, std
+  and the z-score scale), the calibration (held-out and in-sample score distributions, see
+  calibration.py), the number of training rows and the training report. Format 1 files
+  (no scale, no calibration) still load: their z-scores divide by the plain std.
 
 Floats go through JSON as Python ``repr`` strings, which round-trip exactly, so a loaded model
 scores identically to the saved one.
@@ -26,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dfp_autoencoder import DFPAutoencoder
 
 FORMAT_NAME = "dfp_ray.autoencoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: loss_stats carry "scale"; "calibration" and "numeric_scale" added
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 
@@ -62,6 +64,9 @@ def save_model(model: DFPAutoencoder, path: str | os.PathLike) -> None:
         "encoder": model.encoder.to_dict(),
         "embedding_dims": model.embedding_dims,
         "loss_stats": model.loss_stats,
+        "numeric_scale": model.numeric_scale,
+        "category_min_count": model.category_min_count,
+        "calibration": model.calibration.model_dump(mode="json") if model.calibration is not None else None,
         "n_train_rows": model.n_train_rows,
         "training_report": (
             model.training_report.model_dump(mode="json") if model.training_report is not None else None

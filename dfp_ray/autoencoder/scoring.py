@@ -1,8 +1,10 @@
 """Scoring: per-feature losses, z-scores against the training loss statistics, predictions.
 
 Output columns (REFERENCE A5), for every feature f in ``feature_columns`` order:
-``<f>_loss``, ``<f>_z_loss`` = |(loss - mean_f) / std_f|, ``<f>_pred``; then ``max_abs_z`` and
-``mean_abs_z`` over the features. Predictions: numeric in original units; binary as bool
+``<f>_loss``, ``<f>_z_loss`` = |(loss - mean_f) / scale_f|, ``<f>_pred``; then ``max_abs_z`` and
+``mean_abs_z`` over the features. ``scale_f`` is Morpheus's std, floored (see
+``trainer.robust_scale``). With a threshold (a calibrated model): ``alert_threshold``,
+``anomaly_score`` = ``mean_abs_z / alert_threshold`` and ``threshold_source``. Predictions: numeric in original units; binary as bool
 (probability >= 0.5); categorical as the most likely KNOWN class (the "other" class is skipped,
 as dfencoder does, unless the column has no known class).
 
@@ -17,9 +19,28 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .calibration import Threshold
 from .encoding import EncodedFrame, FeatureEncoder
 from .model import DFPNetwork
-from .trainer import LossStatistics, iter_feature_losses
+from .trainer import LossStatistics, eval_mode, iter_feature_losses
+
+
+def z_scores(losses: np.ndarray, stats: LossStatistics) -> np.ndarray:
+    """|loss - mean| / scale per feature (float64 [rows, n_features])."""
+    assert stats.scale is not None
+    return np.abs((losses.astype(np.float64) - stats.mean.numpy()) / stats.scale.numpy())
+
+
+def raw_scores(
+    network: DFPNetwork, frame: EncodedFrame, stats: LossStatistics, batch_size: int, device: torch.device,
+    precision: str,
+) -> np.ndarray:
+    """``mean_abs_z`` of every row of ``frame`` (float64), losses only: used for calibration."""
+    out = np.empty(len(frame), dtype=np.float64)
+    with eval_mode(network), torch.inference_mode():
+        for start, stop, _, losses in iter_feature_losses(network, frame, batch_size, device, precision):
+            out[start:stop] = z_scores(losses.cpu().numpy(), stats).mean(axis=1)
+    return out
 
 
 def score_frame(
@@ -30,8 +51,11 @@ def score_frame(
     batch_size: int,
     device: torch.device,
     precision: str,
+    threshold: Threshold | None = None,
 ) -> pd.DataFrame:
-    columns = score_encoded(network, encoder, stats, encoder.transform(df), batch_size, device, precision)
+    columns = score_encoded(
+        network, encoder, stats, encoder.transform(df), batch_size, device, precision, threshold=threshold
+    )
     return pd.DataFrame(columns, index=df.index, copy=False)
 
 
@@ -43,6 +67,7 @@ def score_encoded(
     batch_size: int,
     device: torch.device,
     precision: str,
+    threshold: Threshold | None = None,
 ) -> dict[str, np.ndarray]:
     """The result columns (name -> array, rows in ``frame`` order) for already encoded rows."""
     n = len(frame)
@@ -73,7 +98,7 @@ def score_encoded(
                 cat_pred[start:stop] = torch.stack(codes, dim=1).cpu().numpy()
 
     loss64 = losses.astype(np.float64)
-    z = np.abs((loss64 - stats.mean.numpy()) / stats.std.numpy())
+    z = z_scores(loss64, stats)
     numeric_values = encoder.inverse_numeric(num_pred) if n_num else num_pred
     columns: dict[str, np.ndarray] = {}
     for j, feature in enumerate(encoder.feature_columns):
@@ -89,4 +114,8 @@ def score_encoded(
     if network.n_features:
         columns["max_abs_z"] = z.max(axis=1) if n else np.empty(0)
         columns["mean_abs_z"] = z.mean(axis=1) if n else np.empty(0)
+        if threshold is not None:
+            columns["alert_threshold"] = np.full(n, threshold.value)
+            columns["anomaly_score"] = columns["mean_abs_z"] / threshold.value
+            columns["threshold_source"] = np.full(n, threshold.source, dtype=object)
     return columns

@@ -53,10 +53,36 @@ class TrainingReport(BaseModel):
 
 @dataclass
 class LossStatistics:
-    """Per-feature mean and std (ddof 0; std 0 -> 1) of per-row losses on the training rows."""
+    """Per-feature statistics of per-row losses on the training rows.
+
+    ``mean`` and ``std`` (ddof 0; std 0 -> 1) are Morpheus's. ``scale`` is what a z-score
+    divides by: ``max(std, floor)`` (see :func:`robust_scale`), so a feature whose training
+    loss hardly varied cannot turn one small change into a z of hundreds. A model saved before
+    scales existed loads with ``scale = std``.
+    """
 
     mean: torch.Tensor  # float64 [n_features], CPU
     std: torch.Tensor  # float64 [n_features], CPU
+    scale: torch.Tensor | None = None  # float64 [n_features], CPU; None = std
+
+    def __post_init__(self) -> None:
+        if self.scale is None:
+            self.scale = self.std
+
+
+def robust_scale(
+    std: torch.Tensor, floor: float, prior_std: torch.Tensor | None = None, rows: int = 0, prior_rows: float = 0.0
+) -> torch.Tensor:
+    """The z-score divisor of every feature: ``std`` shrunk towards ``prior_std`` (when a prior
+    model is given) by ``prior_rows`` pseudo-rows, and never below ``floor``.
+
+    ``floor`` is in loss units, the same for every feature: a squared error of ``floor``
+    scaled standard deviations (numeric), or ``floor`` nats (binary, categorical).
+    """
+    var = std.square()
+    if prior_std is not None and prior_rows > 0:
+        var = (rows * var + prior_rows * prior_std.square()) / (rows + prior_rows)
+    return torch.clamp(var.sqrt(), min=floor) if floor > 0 else var.sqrt()
 
 
 @contextlib.contextmanager
@@ -194,6 +220,14 @@ def loss_statistics(
     return LossStatistics(mean=mean.cpu(), std=std.cpu())
 
 
+def effective_batch_size(rows: int, params: AutoencoderParams) -> int:
+    """Rows per optimizer step: ``batch_size``, made smaller for small frames so an epoch has at
+    least ``min_batches_per_epoch`` steps (a user with 150 rows otherwise gets one step per epoch)."""
+    if params.min_batches_per_epoch <= 1 or rows <= 0:
+        return params.batch_size
+    return max(1, min(params.batch_size, math.ceil(rows / params.min_batches_per_epoch)))
+
+
 def _build_optimizer(network: DFPNetwork, params: AutoencoderParams) -> torch.optim.Optimizer:
     # fused kernels: one pass over all parameters per step instead of one op per tensor
     if params.optimizer == "adam":
@@ -256,7 +290,7 @@ def train_network(
     """
     optimizer = _build_optimizer(network, params)
     n_rows = len(train)
-    batch = params.batch_size
+    batch = effective_batch_size(n_rows, params)
     eval_batch = params.eval_batch_size
     reduce_sum = params.loss_reduction == "sum"
     patience = params.early_stopping_patience or 0

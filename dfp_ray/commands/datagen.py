@@ -29,6 +29,16 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--out", required=True, help="output folder: a local path or s3://bucket/prefix")
+    parser.add_argument(
+        "--family",
+        choices=["default", "habits"],
+        default="default",
+        help="default: the Morpheus-shaped data set described below; habits: a second, independent family "
+        "(other archetypes, vocabularies and time zones, rare-but-normal events listed in "
+        "<source>/rare_normal.csv, subtle attacks: new_app_at_night, new_location, new_browser, off_hours, "
+        "mfa_fatigue; local folders only; uses --users, --train-days, --infer-days, --start-date, --sources, "
+        "--anomaly-fraction, --seed). See docs/datagen.md",
+    )
     parser.add_argument("--users", type=int, default=20, help="users per source (default: 20)")
     parser.add_argument(
         "--train-days", type=int, default=29, help="days in the training window (default: 29)"
@@ -117,8 +127,34 @@ def _storage_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _run_habits(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from dfp_ray.tools.scenarios import HabitsConfig, generate
+
+    options = {"out": args.out, "sources": args.sources, "users": args.users, "train_days": args.train_days,
+               "infer_days": args.infer_days, "attack_fraction": args.anomaly_fraction, "seed": args.seed}
+    if args.start_date != dt.date(2022, 8, 1):
+        options["start_date"] = args.start_date
+    try:
+        config = HabitsConfig(**options)
+        summary = generate(config, overwrite=args.overwrite)
+    except ValidationError as exc:
+        for err in exc.errors():
+            print(f"dfp-ray datagen --family habits: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
+        print(f"dfp-ray datagen: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.model_dump(), indent=2) if args.json else summary.text())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
+
+    if getattr(args, "family", "default") == "habits":
+        return _run_habits(args)
 
     from dfp_ray.tools.datagen import DatagenConfig, generate
 

@@ -35,11 +35,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=2.0,
-        help="an event is detected when its score is strictly greater than this (default: 2.0)",
+        default=None,
+        help="an event is detected when its score is strictly greater than this (default: 1 for "
+        "anomaly_score, the pipeline's calibrated rule; 2.0 for mean_abs_z, Morpheus's)",
     )
     parser.add_argument(
-        "--score-column", default="mean_abs_z", help="score column to threshold (default: mean_abs_z)"
+        "--score-column", default=None,
+        help="score column to threshold (default: anomaly_score when the file has it, else mean_abs_z)"
     )
     parser.add_argument(
         "--source",
@@ -83,6 +85,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dfp_ray.tools.evaluation import (
+        default_rule,
         evaluate,
         format_evaluation,
         load_ground_truth,
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         scores = load_scores(args.scores)
+        args.score_column, args.threshold = default_rule(scores, args.score_column, args.threshold)
         truth = load_ground_truth(args.ground_truth) if args.ground_truth else None
         result = (
             evaluate(

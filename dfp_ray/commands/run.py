@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["csv", "jsonl"], help="detections file format (default: csv)")
     p.add_argument("--write-all-scores", action="store_true", default=None,
                    help="also write every scored row to dfp_scores_{source}.{csv,jsonl}")
-    p.add_argument("--threshold", type=float, help="detection threshold on mean_abs_z (default: 2.0)")
+    p.add_argument("--threshold", type=float,
+                   help="fixed detection threshold on mean_abs_z (Morpheus's rule, e.g. 2.0); without it each "
+                        "model's calibrated threshold is used (detection.alert_rate, docs/scoring.md)")
+    p.add_argument("--alert-rate", type=float,
+                   help="share of each model's normal events to flag, calibrated rule (default: 0.003)")
     p.add_argument("--state-dir", help="local state: embedded MLflow db, caches, dead letters (default .dfp_ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --state-dir)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
@@ -58,6 +62,7 @@ def config_from_args(args: argparse.Namespace):
         "source": args.source, "schema": args.schema, "train_users": args.train_users,
         "output.directory": args.output, "output.format": args.format,
         "output.write_all_scores": args.write_all_scores, "detection.threshold": args.threshold,
+        "detection.rule": "fixed" if args.threshold is not None else None, "detection.alert_rate": args.alert_rate,
         "state_dir": args.state_dir, "mlflow.tracking_uri": args.tracking_uri,
         "ray.address": args.ray_address, "ray.num_user_actors": args.num_actors,
         "input.data_roots": args.data_root,

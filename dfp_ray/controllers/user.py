@@ -342,7 +342,8 @@ class UserController:
             self.cache.prefetch(self.cfg.source, wanted)
         except Exception as exc:  # noqa: BLE001 - an optimisation: model_for() reports per user
             log.debug("model prefetch failed: %s", exc)
-        scored, results = score_users(prepared, s, self.model_for, worker=self.worker_index)
+        scored, results = score_users(prepared, s, self.model_for, worker=self.worker_index,
+                                      detection=self.cfg.detection)
         elapsed = time.perf_counter() - start
         for r in results:
             r.seconds = elapsed

@@ -1,12 +1,14 @@
-"""Data prep (Morpheus's ``DFPDataPrep``): derived per-user-per-day counters and feature dtypes.
+"""Data prep (Morpheus's ``DFPDataPrep``): derived per-user-per-day counters, time features, dtypes.
 
 Runs on the frame that reaches it (a user's rows, or an actor's), as Morpheus does, so the
-counters see the whole of the user's day in that frame.
+counters see the whole of the user's day in that frame. Time features (hour of day, day of
+week, weekend) depend on the row alone.
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 
 from dfp_ray.schemas.mapping import SkipReport, flatten_any, map_fields
@@ -24,6 +26,7 @@ def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame
     """
     user, time = schema.user_column, schema.time_column
     df = df.sort_values(time, kind="stable").reset_index(drop=True)
+    add_time_features(df, schema)
     if not schema.counters or df.empty:
         for c in schema.counters:
             df[c.name] = pd.Series(dtype="int64")
@@ -41,6 +44,27 @@ def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame
             first_seen = ~pd.DataFrame({"u": df[user], "d": day, "v": values}).duplicated()
             df[c.name] = first_seen.astype("int64").groupby(keys, sort=False, dropna=False).cumsum()
     return df
+
+
+def add_time_features(df: pd.DataFrame, schema: SourceSchema) -> None:
+    """The schema's time features, in place: cyclic ``<name>_sin``/``<name>_cos`` (hour of day
+    with minutes as a fraction; day of week, Monday 0, with the hour as a fraction) and the
+    boolean ``weekend``, each in its own time zone."""
+    if not schema.time_features:
+        return
+    when = pd.to_datetime(df[schema.time_column], utc=True)
+    for spec in schema.time_features:
+        local = when.dt.tz_convert(spec.timezone)
+        hour = (local.dt.hour + local.dt.minute / 60.0 + local.dt.second / 3600.0).to_numpy(dtype=np.float64)
+        if spec.kind == "weekend":
+            df[spec.name] = (local.dt.dayofweek >= 5).to_numpy(dtype=bool)
+            continue
+        if spec.kind == "hour_of_day":
+            angle = 2 * np.pi * hour / 24.0
+        else:
+            angle = 2 * np.pi * (local.dt.dayofweek.to_numpy(dtype=np.float64) + hour / 24.0) / 7.0
+        df[f"{spec.name}_sin"] = np.sin(angle)
+        df[f"{spec.name}_cos"] = np.cos(angle)
 
 
 def finalize_feature_types(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:

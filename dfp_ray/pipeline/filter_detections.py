@@ -1,7 +1,9 @@
 """Filter detections (Morpheus's ``FilterDetections``): keep the rows whose score passes the threshold.
 
 Runs once, in the user actor that scored the rows, so only detections travel to the sink
-(unless every score is written too).
+(unless every score is written too). With the calibrated rule (the default) a row is a
+detection when its ``anomaly_score`` (``mean_abs_z`` over its model's calibrated threshold)
+exceeds 1; with the fixed rule, when ``score_column`` exceeds ``threshold`` (Morpheus).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ def filter_detections(scored: pd.DataFrame, cfg: DetectionConfig) -> pd.DataFram
     >>> import pandas as pd
     >>> from dfp_ray.config import DetectionConfig
     >>> scored = pd.DataFrame({"mean_abs_z": [0.5, 2.0, 3.1]})
-    >>> filter_detections(scored, DetectionConfig(threshold=2.0))["mean_abs_z"].tolist()
+    >>> filter_detections(scored, DetectionConfig(rule="fixed", threshold=2.0))["mean_abs_z"].tolist()
     [3.1]
+    >>> scored["anomaly_score"] = [0.2, 1.5, 0.9]
+    >>> filter_detections(scored, DetectionConfig())["mean_abs_z"].tolist()
+    [2.0]
     """
     if scored.empty:  # e.g. no user had a model: nothing was scored
         return scored
-    return scored[scored[cfg.score_column] > cfg.threshold]
+    if cfg.rule == "fixed" or "anomaly_score" not in scored.columns:
+        return scored[scored[cfg.score_column] > cfg.threshold]
+    return scored[scored["anomaly_score"] > 1.0]

@@ -14,15 +14,19 @@ one set of arrays, so the output DataFrame is built once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
 from dfp_ray.autoencoder import DFPAutoencoder, FeatureColumns
+from dfp_ray.autoencoder.calibration import Calibration, pool
+from dfp_ray.config import DetectionConfig
 from dfp_ray.pipeline.frames import PreparedFrame, ScoredFrame
-from dfp_ray.pipeline.post_processing import add_postprocessing
+from dfp_ray.pipeline.post_processing import add_explanations, add_postprocessing, apply_rule
 from dfp_ray.registry import ModelRef
+from dfp_ray.registry.names import GENERIC_SLOT
 from dfp_ray.results import InferResult
 from dfp_ray.schemas import SourceSchema
 
@@ -30,20 +34,43 @@ ModelResolver = Callable[[str], tuple[DFPAutoencoder, ModelRef]]
 """A user's name -> the model that scores the user and its registry reference; raises when none."""
 
 
+@dataclass
+class ScoringGroup:
+    """Rows scored by one model: ``rows`` are positions in the prepared frame."""
+
+    model: DFPAutoencoder
+    label: str  # model_version: name:version
+    rows: np.ndarray
+    generic: bool = False  # the generic model: calibrated by its own held-out rows
+
+
+def _group(g: ScoringGroup | tuple) -> ScoringGroup:
+    return g if isinstance(g, ScoringGroup) else ScoringGroup(*g)
+
+
 def score_users(
-    prepared: PreparedFrame, schema: SourceSchema, resolve: ModelResolver, *, worker: int = -1
+    prepared: PreparedFrame,
+    schema: SourceSchema,
+    resolve: ModelResolver,
+    *,
+    worker: int = -1,
+    detection: DetectionConfig | None = None,
+    population: Calibration | None = None,
 ) -> tuple[ScoredFrame, list[InferResult]]:
     """Score every row of ``prepared`` (features computed, default index), user by user.
 
     Each user's model is resolved once; rows that share a model (e.g. every user on the
     generic model) are scored in one call, so thousands of users with a few events each cost
     a few model calls, not thousands. A user whose model cannot be resolved, or needs columns
-    the frame lacks, is reported in its result and left out of the output.
+    the frame lacks, is reported in its result and left out of the output. ``detection`` is
+    the rule whose threshold columns and explanations the rows get; ``population`` (optional)
+    adds held-out scores to the pool the user models' thresholds are read from (see
+    :func:`score_groups`).
     """
     available = set(prepared.columns)
     users = prepared[schema.user_column].astype(str)
     results: list[InferResult] = []
-    by_model: dict[str, tuple[DFPAutoencoder, list[np.ndarray]]] = {}
+    by_model: dict[str, tuple[DFPAutoencoder, ModelRef, list[np.ndarray]]] = {}
     for user, idx in users.groupby(users, sort=False).indices.items():
         try:
             model, ref = resolve(user)
@@ -54,34 +81,54 @@ def score_users(
             results.append(InferResult(user=user, rows=len(idx), model_version=None, seconds=0.0, worker=worker,
                                        error=f"{type(exc).__name__}: {exc}"))
             continue
-        by_model.setdefault(ref.label, (model, []))[1].append(idx)
+        by_model.setdefault(ref.label, (model, ref, []))[2].append(idx)
         results.append(InferResult(user=user, rows=len(idx), model_version=ref.label, seconds=0.0, worker=worker))
-    groups = [(model, label, np.concatenate(parts)) for label, (model, parts) in by_model.items()]
-    return score_groups(prepared, schema, groups), results
+    groups = [
+        ScoringGroup(model, label, np.concatenate(parts), generic=GENERIC_SLOT in ref.name)
+        for label, (model, ref, parts) in by_model.items()
+    ]
+    return score_groups(prepared, schema, groups, detection=detection, population=population), results
+
+
+def population_of(groups: list[ScoringGroup], extra: Calibration | None = None) -> Calibration | None:
+    """The pooled held-out scores of the user models among ``groups`` (and ``extra``)."""
+    return pool([g.model.calibration for g in groups if not g.generic] + [extra])
 
 
 def score_groups(
     prepared: pd.DataFrame,
     schema: SourceSchema,
-    groups: list[tuple[DFPAutoencoder, str, np.ndarray]],
+    groups: list[ScoringGroup] | list[tuple],
     *,
+    detection: DetectionConfig | None = None,
+    population: Calibration | None = None,
     detected_at: datetime | None = None,
 ) -> pd.DataFrame:
     """Score ``prepared`` (features computed, default RangeIndex) group by group.
 
-    ``groups``: ``(model, model_version label, row positions)``; rows in no group are left
-    out. Returns the scored rows (input columns, result columns, ``event_time``,
+    ``groups``: :class:`ScoringGroup` (or ``(model, model_version label, row positions[,
+    generic])`` tuples); rows in no group are left out. User models read their thresholds from
+    the pool of the held-out scores of every user model in ``groups`` (plus ``population``),
+    blended with their own as their history grows; the generic model from its own. Returns
+    the scored rows (input columns, result columns, the detection rule's ``alert_threshold`` /
+    ``anomaly_score`` / ``threshold_source``, explanations of the detections, ``event_time``,
     ``model_version``) in time order (stable).
     """
+    detection = detection or DetectionConfig()
     if not groups:
         return prepared.iloc[0:0]
-    models = [model for model, _, _ in groups]
+    groups = [_group(g) for g in groups]
+    pooled = population_of(groups, population)
+    models = [g.model for g in groups]
     columns = FeatureColumns.from_frame(  # every feature any of the models uses, decoded once
         prepared,
         *(list(dict.fromkeys(c for m in models for c in getattr(m, group))) for group in ("categorical", "numeric", "binary")),
     )
-    sizes = [len(rows) for _, _, rows in groups]
-    per_group = [model.score_columns(columns, rows) for model, _, rows in groups]
+    sizes = [len(g.rows) for g in groups]
+    per_group = [
+        g.model.score_columns(columns, g.rows, alert_rate=detection.alert_rate, population=pooled, generic=g.generic)
+        for g in groups
+    ]
     names = list(dict.fromkeys(name for result in per_group for name in result))
     # Groups are contiguous in the output, so each column is the concatenation of its parts;
     # a model with another feature set contributes NaN for the columns it lacks.
@@ -91,10 +138,12 @@ def score_groups(
         )
         for name in names
     }
-    rows = np.concatenate([rows for _, _, rows in groups])
-    versions = np.repeat(np.array([label for _, label, _ in groups], dtype=object), sizes)
+    rows = np.concatenate([g.rows for g in groups])
+    versions = np.repeat(np.array([g.label for g in groups], dtype=object), sizes)
     out = pd.concat(
         [prepared.take(rows).reset_index(drop=True), pd.DataFrame(results, copy=False)], axis=1
     )
+    out = apply_rule(out, detection)
+    out = add_explanations(out, detection, schema)
     out = add_postprocessing(out, model_version=pd.Series(versions, index=out.index), detected_at=detected_at)
     return out.sort_values(schema.time_column, kind="stable").reset_index(drop=True)

@@ -27,16 +27,21 @@ def train_model(
     params: AutoencoderParams,
     *,
     threads: int | Callable[[], int] | None = None,
+    prior: DFPAutoencoder | None = None,
 ) -> tuple[DFPAutoencoder, TrainingReport, PreparedFrame]:
     """Data prep, then fit: ``(model, report, prepared rows)``.
 
     ``threads`` is the fit's intra-op thread count, or a callable asked before every epoch
     (how a running fit is widened, see :meth:`dfp_ray.controllers.user.UserController.widen_fit`).
+    ``prior`` (optional): the generic model, a prior for the user's loss statistics
+    (``params.prior_rows``). Numeric features are never scaled below the unit the schema
+    declares for them (counters: one event).
     """
     prepared = prepare_features(frame, schema)
     model = DFPAutoencoder(
         categorical=schema.features.categorical, numeric=schema.features.numeric,
-        binary=schema.features.binary, params=params,
+        binary=schema.features.binary, params=params, numeric_scale=schema.numeric_scales(),
+        category_min_count=schema.features.min_count,
     )
-    report = model.fit(prepared, threads=threads)
+    report = model.fit(prepared, threads=threads, prior=prior)
     return model, report, prepared

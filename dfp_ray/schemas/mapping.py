@@ -77,10 +77,13 @@ def _to_string(values: pd.Series) -> pd.Series:
     return out
 
 
-def _to_datetime(values: pd.Series, fmt: str) -> pd.Series:
+def _to_datetime(values: pd.Series, fmt: str, origin: pd.Timestamp | None = None) -> pd.Series:
     if fmt in ("epoch_s", "epoch_ms") or (fmt == "auto" and pd.api.types.is_numeric_dtype(values)):
         unit = "ms" if fmt == "epoch_ms" else "s"
-        return pd.to_datetime(pd.to_numeric(values, errors="coerce"), unit=unit, utc=True, errors="coerce")
+        numbers = pd.to_numeric(values, errors="coerce")
+        if origin is not None:  # numbers count from another instant than 1970-01-01
+            return origin + pd.to_timedelta(numbers, unit=unit, errors="coerce")
+        return pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")
     text = values.astype(object).where(values.notna(), None)
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
     if fmt == "auto":  # numeric strings in an otherwise text column: epoch seconds
@@ -106,6 +109,41 @@ def _to_bool(values: pd.Series, spec: FieldSpec) -> pd.Series:
     return out
 
 
+def _without_missing(values: pd.Series, spec: FieldSpec) -> pd.Series:
+    """Values listed in ``missing_values`` (compared as text) become missing."""
+    if not spec.missing_values:
+        return values
+    text = values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v).strip())
+    return values.astype(object).where(~text.isin([str(m) for m in spec.missing_values]), None)
+
+
+def _apply_pattern(text: pd.Series, pattern: str) -> pd.Series:
+    """Replace every value the pattern matches by its first group (vectorised ``str.extract``)."""
+    present = text.notna()
+    if not present.any():
+        return text
+    extracted = text[present].astype(str).str.extract(pattern, expand=False)
+    if isinstance(extracted, pd.DataFrame):
+        extracted = extracted.iloc[:, 0]
+    out = text.copy()
+    matched = extracted.notna()
+    out.loc[matched[matched].index] = extracted[matched].astype(object)
+    return out
+
+
+def _hash_ids(raw: pd.DataFrame, paths: list[str]) -> pd.Series:
+    """Row-hash ids: 16 hex digits of a stable hash of the values, '-n' for the n-th identical
+    record of the same file (so repeated identical lines keep distinct ids)."""
+    parts = pd.DataFrame({p: _to_string(_column(raw, p, p)).fillna("").astype(str) for p in paths}, index=raw.index)
+    digest = pd.util.hash_pandas_object(parts, index=False).to_numpy(dtype=np.uint64)
+    hexes = pd.Series([f"{int(d):016x}" for d in digest], index=raw.index, dtype=object)
+    keys = [hexes]
+    if "_source_file" in raw.columns:
+        keys.append(raw["_source_file"].astype(str))
+    nth = hexes.groupby(keys, sort=False).cumcount().astype(str)
+    return hexes + "-" + nth
+
+
 def map_fields(raw: pd.DataFrame, schema: SourceSchema) -> tuple[pd.DataFrame, SkipReport]:
     """Map flattened raw records to the schema's columns; drop (and count) malformed records."""
     out: dict[str, pd.Series] = {}
@@ -119,20 +157,25 @@ def map_fields(raw: pd.DataFrame, schema: SourceSchema) -> tuple[pd.DataFrame, S
             flagged[new] = True
 
     for spec in schema.fields:
+        if spec.hash is not None:
+            out[spec.name] = _hash_ids(raw, spec.hash)
+            continue
         if spec.join is not None:
-            parts = [_to_string(_column(raw, p, p)).fillna("").astype(str) for p in spec.join]
+            parts = [_to_string(_without_missing(_column(raw, p, p), spec)).fillna("").astype(str) for p in spec.join]
             text = parts[0]
             for nxt in parts[1:]:
                 sep = np.where((text != "") & (nxt != ""), spec.separator, "")
                 text = text + sep + nxt
             out[spec.name] = text.where(text != "", None)
             continue
-        values = _column(raw, spec.path or spec.name, spec.name)
+        values = _without_missing(_column(raw, spec.path or spec.name, spec.name), spec)
         scalar_ok = _is_scalar_ok(values)
         flag(~scalar_ok, f"wrong type for '{spec.name}' ({spec.path})")
         values = values.where(scalar_ok, None)
         if spec.type == "string":
             conv = _to_string(values)
+            if spec.pattern is not None:
+                conv = _apply_pattern(conv, spec.pattern)
             invalid = pd.Series(False, index=raw.index)
         elif spec.type in ("float", "int"):
             conv = pd.to_numeric(values, errors="coerce")
@@ -141,7 +184,10 @@ def map_fields(raw: pd.DataFrame, schema: SourceSchema) -> tuple[pd.DataFrame, S
             conv = _to_bool(values, spec)
             invalid = pd.Series(False, index=raw.index)
         else:
-            conv = _to_datetime(values, spec.time_format)
+            origin = pd.Timestamp(spec.time_origin) if spec.time_origin is not None else None
+            if origin is not None and origin.tzinfo is None:
+                origin = origin.tz_localize("UTC")
+            conv = _to_datetime(values, spec.time_format, origin)
             invalid = conv.isna() & values.notna()
         flag(invalid, f"unparsable {spec.type} in '{spec.name}' ({spec.path})")
         if spec.required:

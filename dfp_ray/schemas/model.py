@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,33 @@ class FieldSpec(BaseModel):
     join: list[str] | None = Field(
         None, description="Dotted paths whose string values are joined (missing parts are left out)."
     )
+    hash: list[str] | None = Field(
+        None,
+        description="Dotted paths hashed into an id, for sources whose records carry none: 16 hex digits of "
+        "a hash of the values, then '-<n>' for the n-th identical record of the same file (n from 0).",
+    )
     separator: str = Field(", ", description="Separator used by `join`.")
+    missing_values: list[Any] = Field(
+        default_factory=list,
+        description="Raw values that mean 'missing' (compared as text, e.g. ['?', '-', 'N/A']); they become "
+        "missing before conversion (a categorical feature then sees 'nan').",
+    )
+    pattern: str | None = Field(
+        None,
+        description="For type=string: a regular expression; a value it matches is replaced by its first "
+        "group (e.g. '^(.+?) [0-9][0-9.]*$' turns 'Chrome 118.0.5993' into 'Chrome'); other values stay.",
+    )
+    time_origin: datetime | None = Field(
+        None,
+        description="For epoch_s / epoch_ms: the instant the numbers count from (default 1970-01-01 UTC), "
+        "e.g. '2015-01-01T00:00:00Z' for logs whose times are seconds since the start of a collection.",
+    )
+    scale: float | None = Field(
+        None,
+        gt=0,
+        description="For a numeric feature: its meaningful unit; the model never scales it by a smaller "
+        "standard deviation (see docs/scoring.md).",
+    )
     type: Literal["string", "float", "int", "bool", "datetime"] = Field(
         "string", description="How the value is converted."
     )
@@ -42,8 +69,19 @@ class FieldSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
-        if (self.path is None) == (self.join is None):
-            raise ValueError(f"field '{self.name}': give exactly one of 'path' or 'join'")
+        if sum(x is not None for x in (self.path, self.join, self.hash)) != 1:
+            raise ValueError(f"field '{self.name}': give exactly one of 'path', 'join' or 'hash'")
+        if self.pattern is not None:
+            import re
+
+            try:
+                compiled = re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"field '{self.name}': pattern {self.pattern!r} is not a regular expression: {exc}") from None
+            if compiled.groups < 1:
+                raise ValueError(f"field '{self.name}': pattern {self.pattern!r} needs a group, e.g. '^(.+?) [0-9.]+$'")
+        if self.time_origin is not None and self.time_format not in ("epoch_s", "epoch_ms"):
+            raise ValueError(f"field '{self.name}': time_origin needs time_format epoch_s or epoch_ms")
         if self.type == "bool" and not (self.true_values or self.false_values):
             raise ValueError(f"field '{self.name}': type bool needs true_values and/or false_values")
         return self
@@ -60,6 +98,7 @@ class CounterSpec(BaseModel):
         "distinct_so_far: distinct values of `column` so far that day, starting at 1."
     )
     column: str | None = Field(None, description="For distinct_so_far: the column whose values are counted.")
+    scale: float = Field(1.0, gt=0, description="Meaningful unit of the counter (one event / one value).")
 
     @model_validator(mode="after")
     def _column_needed(self) -> CounterSpec:
@@ -68,12 +107,72 @@ class CounterSpec(BaseModel):
         return self
 
 
+_TIME_SCALE = {"hour_of_day": 0.25, "day_of_week": 0.9}  # ~ one hour / one day on the unit circle
+
+
+class TimeFeatureSpec(BaseModel):
+    """When an event happened, as model features (computed by data prep from the time column).
+
+    ``hour_of_day`` and ``day_of_week`` are cyclic: two columns ``<name>_sin`` and ``<name>_cos``
+    (23:59 is next to 00:00, Sunday next to Monday); ``weekend`` is one boolean ``<name>``.
+    Times are taken in ``timezone`` (an IANA name; default UTC). A per-user model learns its
+    user's usual hours from these columns; list them under ``features`` (numeric, or binary for
+    ``weekend``) to use them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["hour_of_day", "day_of_week", "weekend"]
+    timezone: str = Field("UTC", description="IANA time zone the hour / day is read in.")
+    scale: float | None = Field(
+        None, gt=0, description="Meaningful unit of each cyclic column (default: 0.25, about one hour, for "
+        "hour_of_day; 0.9, about one day, for day_of_week)."
+    )
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> TimeFeatureSpec:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time feature '{self.name}': unknown timezone {self.timezone!r} (use an IANA name "
+                             "such as 'UTC' or 'Europe/Madrid')") from None
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.name] if self.kind == "weekend" else [f"{self.name}_sin", f"{self.name}_cos"]
+
+    @property
+    def unit(self) -> float:
+        return self.scale if self.scale is not None else _TIME_SCALE.get(self.kind, 1.0)
+
+
 class FeatureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     categorical: list[str] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list)
     binary: list[str] = Field(default_factory=list)
+    min_count: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per categorical feature: values seen fewer times than this in a model's training rows "
+        "share the 'other' class, so the model learns how often its user meets a value it rarely sees. For "
+        "open vocabularies (host names, IP-derived values) where something new is ordinary; default 1 (every "
+        "value seen in training is its own class).",
+    )
+
+    @model_validator(mode="after")
+    def _counts_of_categoricals(self) -> FeatureSpec:
+        unknown = [c for c in self.min_count if c not in self.categorical]
+        if unknown:
+            raise ValueError(f"features.min_count names {unknown}, which are not categorical features")
+        bad = [c for c, n in self.min_count.items() if n < 1]
+        if bad:
+            raise ValueError(f"features.min_count must be >= 1, got {bad}")
+        return self
 
     @property
     def all(self) -> list[str]:
@@ -93,15 +192,17 @@ class SourceSchema(BaseModel):
     counter_period: str = Field("D", description="Counters restart at each UTC period (pandas alias).")
     fields: list[FieldSpec]
     counters: list[CounterSpec] = Field(default_factory=list)
+    time_features: list[TimeFeatureSpec] = Field(default_factory=list)
     features: FeatureSpec
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceSchema:
         names = [f.name for f in self.fields]
-        dupes = [n for n, c in Counter(names + [c.name for c in self.counters]).items() if c > 1]
+        derived = [c.name for c in self.counters] + [col for t in self.time_features for col in t.columns]
+        dupes = [n for n, c in Counter(names + derived).items() if c > 1]
         if dupes:
             raise ValueError(f"column names defined twice: {dupes}")
-        known = set(names) | {c.name for c in self.counters}
+        known = set(names) | set(derived)
         for col in (self.user_column, self.time_column):
             if col not in names:
                 raise ValueError(f"'{col}' (user/time column) must be one of the fields")
@@ -124,7 +225,27 @@ class SourceSchema(BaseModel):
 
     @property
     def output_columns(self) -> list[str]:
-        return [f.name for f in self.fields] + [c.name for c in self.counters]
+        return [f.name for f in self.fields] + [c.name for c in self.counters] + [
+            col for t in self.time_features for col in t.columns
+        ]
+
+    def numeric_scales(self) -> dict[str, float]:
+        """Numeric feature -> its meaningful unit, where the schema says one (counters: 1)."""
+        scales: dict[str, float] = {f.name: f.scale for f in self.fields if f.scale is not None}
+        scales.update({c.name: c.scale for c in self.counters})
+        for t in self.time_features:
+            if t.kind != "weekend":
+                scales.update({col: t.unit for col in t.columns})
+        return {k: v for k, v in scales.items() if k in self.features.numeric}
+
+    def feature_groups(self) -> dict[str, tuple[str, list[str]]]:
+        """Features explained together: ``<name>_sin``/``<name>_cos`` -> (name, kind, columns)."""
+        groups: dict[str, tuple[str, list[str]]] = {}
+        for t in self.time_features:
+            cols = [c for c in t.columns if c in self.features.numeric]
+            if t.kind != "weekend" and len(cols) == 2:
+                groups[t.name] = (t.kind, cols)
+        return groups
 
     def fingerprint(self) -> str:
         """A short hash of the schema, used to key caches of mapped frames."""

@@ -24,7 +24,23 @@ from pydantic import BaseModel, ConfigDict
 log = logging.getLogger(__name__)
 
 # Columns whose values are identifiers or text, whatever they look like.
-_TEXT_COLUMNS = ("event_id", "username", "model_version", "source", "kind")
+_TEXT_COLUMNS = ("event_id", "username", "model_version", "source", "kind", "threshold_source", "explanation")
+
+
+def _is_text_column(name: str) -> bool:
+    """Identifiers, and the explanation columns (``driver_1``, ``driver_1_value``, ...: a value
+    such as "False" or "03:12" must stay as written)."""
+    return name in _TEXT_COLUMNS or (name.startswith("driver_") and not name.endswith("_z"))
+
+
+def default_rule(scores: pd.DataFrame, score_column: str | None, threshold: float | None) -> tuple[str, float]:
+    """The detection rule a scores file was written with, unless the caller names one:
+    ``anomaly_score > 1`` (the calibrated rule; also the fixed rule's rows carry it) when the
+    file has that column, else Morpheus's ``mean_abs_z > 2``."""
+    column = score_column or ("anomaly_score" if "anomaly_score" in scores.columns else "mean_abs_z")
+    if threshold is None:
+        threshold = 1.0 if column == "anomaly_score" else 2.0
+    return column, float(threshold)
 # Columns holding times; parsed to tz-aware UTC datetimes when present.
 _TIME_COLUMNS = ("timestamp", "event_time")
 _GROUND_TRUTH_REQUIRED = ("event_id", "kind")
@@ -103,14 +119,18 @@ def normalise_scores(scores: pd.DataFrame) -> pd.DataFrame:
     UTC datetimes and the score columns floats. Returns a copy; the input is left alone.
     """
     df = scores.copy()
-    for name in _TEXT_COLUMNS:
-        if name in df.columns:
+    for name in df.columns:
+        if name in _TEXT_COLUMNS[:5]:
             df[name] = df[name].astype(str)
+        elif _is_text_column(name):  # explanations: empty for rows that are not detections
+            df[name] = df[name].astype(object).where(df[name].notna(), "").astype(str)
     for name in _TIME_COLUMNS:
         if name in df.columns:
             df[name] = _to_utc(df[name])
     score_like = [
-        c for c in df.columns if c.endswith(("_loss", "_z_loss")) or c in ("max_abs_z", "mean_abs_z")
+        c for c in df.columns
+        if c.endswith(("_loss", "_z_loss")) or c in ("max_abs_z", "mean_abs_z", "anomaly_score", "alert_threshold")
+        or (c.startswith("driver_") and c.endswith("_z"))
     ]
     for name in score_like:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
@@ -130,7 +150,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         # must survive; numeric columns are converted afterwards, column by column.
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
         for name in raw.columns:
-            if name not in _TEXT_COLUMNS:
+            if not _is_text_column(name):
                 raw[name] = _coerce_column(raw[name])
         return raw
     raise ValueError(
@@ -145,6 +165,10 @@ def load_scores(path: str | Path) -> pd.DataFrame:
     """
     path = resolve_scores_path(path)
     df = _read_table(path)
+    if "event_id" not in df.columns and "mean_abs_z" in df.columns:
+        log.warning("%s has no event_id column: numbering the rows (ground truth cannot be matched to them; "
+                    "declare an event id in the source schema, e.g. a `hash:` field)", path)
+        df.insert(0, "event_id", [f"row-{i}" for i in range(len(df))])
     missing = [c for c in ("event_id", "mean_abs_z") if c not in df.columns]
     if missing:
         raise ValueError(

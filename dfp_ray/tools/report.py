@@ -24,6 +24,7 @@ import pandas as pd
 
 from dfp_ray.tools.evaluation import (
     EvaluationResult,
+    default_rule,
     evaluate,
     meets_quality_bar,
     normalise_ground_truth,
@@ -74,18 +75,34 @@ def top_contributing_features(scores: pd.DataFrame, top_n: int = 3) -> list[pd.D
     ranks = []
     for rank in range(k):
         idx = order[:, rank : rank + 1]
-        ranks.append(
-            pd.DataFrame(
-                {
-                    "feature": names[idx[:, 0]],
-                    "z": np.take_along_axis(z, idx, axis=1)[:, 0],
-                    "value": np.take_along_axis(values, idx, axis=1)[:, 0],
-                    "pred": np.take_along_axis(preds, idx, axis=1)[:, 0],
-                },
-                index=scores.index,
-            )
+        computed = pd.DataFrame(
+            {
+                "feature": names[idx[:, 0]],
+                "z": np.take_along_axis(z, idx, axis=1)[:, 0],
+                "value": np.take_along_axis(values, idx, axis=1)[:, 0],
+                "pred": np.take_along_axis(preds, idx, axis=1)[:, 0],
+            },
+            index=scores.index,
         )
+        ranks.append(_pipeline_drivers(scores, rank + 1, computed))
     return ranks
+
+
+def _pipeline_drivers(scores: pd.DataFrame, rank: int, computed: pd.DataFrame) -> pd.DataFrame:
+    """The pipeline's own explanation (``driver_<rank>``...) where the row has one: it groups a
+    cyclic time feature into one driver shown as clock times. Computed drivers elsewhere."""
+    name = f"driver_{rank}"
+    if name not in scores.columns:
+        return computed
+    given = scores[name].astype(object).where(scores[name].notna(), "").astype(str).to_numpy() != ""
+    if not given.any():
+        return computed
+    out = computed.copy()
+    for target, column in (("feature", name), ("value", f"{name}_value"), ("pred", f"{name}_expected"), ("z", f"{name}_z")):
+        if column in scores.columns:
+            source = scores[column].to_numpy(dtype=float if target == "z" else object)
+            out[target] = np.where(given, source, out[target].to_numpy(dtype=float if target == "z" else object))
+    return out
 
 
 # --------------------------------------------------------------------------- plots
@@ -267,7 +284,7 @@ def _detections_html(
             + r["z"].map(_e)
             + "<br><small>"
             + r["value"].map(_e)
-            + " &rarr; pred "
+            + " &rarr; expected "
             + r["pred"].map(_e)
             + "</small>"
         ).tolist()
@@ -287,12 +304,22 @@ def _detections_html(
         if "model_version" in shown
         else [""] * len(shown),
     }
+    threshold_cells = (
+        (shown["alert_threshold"].map(lambda v: f"{v:.3g}") + "<br><small>" + shown["threshold_source"].map(_e)
+         + "</small>").tolist()
+        if {"alert_threshold", "threshold_source"} <= set(shown.columns)
+        else None
+    )
     headers = ["time (UTC)", "user", "event_id", column]
-    headers += [f"feature #{i + 1} (value \u2192 pred)" for i in range(len(feature_cells))]
+    if threshold_cells is not None:
+        headers.append("mean_abs_z threshold (how set)")
+    headers += [f"driver #{i + 1} (observed \u2192 expected)" for i in range(len(feature_cells))]
     headers += ["model_version"] + (["ground truth"] if kinds is not None else [])
     rows = []
     for i in range(len(shown)):
         row = [cols["time"][i], cols["user"][i], cols["event_id"][i], cols[column][i]]
+        if threshold_cells is not None:
+            row.append(threshold_cells[i])
         row += [cells[i] for cells in feature_cells]
         row.append(cols["model_version"][i])
         if kinds is not None:
@@ -321,22 +348,26 @@ def write_html_report(
     scores: pd.DataFrame,
     out_path: str | Path,
     *,
-    threshold: float = 2.0,
+    threshold: float | None = None,
     ground_truth: pd.DataFrame | None = None,
     title: str = "dfp_ray detection report",
     top_users: int = 12,
     top_features: int = 3,
     max_detections_listed: int = 200,
-    score_column: str = "mean_abs_z",
+    score_column: str | None = None,
     evaluation: EvaluationResult | None = None,
 ) -> Path:
     """Write the report for ``scores`` to ``out_path`` and return its path.
+
+    ``score_column`` / ``threshold`` default to the rule the pipeline wrote the scores with
+    (``anomaly_score > 1``, or ``mean_abs_z > 2`` for files without calibrated scores).
 
     ``evaluation`` may pass a result already computed from the same inputs (the CLI does) so
     the work is not repeated; otherwise it is computed when ``ground_truth`` is given.
     """
     out_path = Path(out_path)
     frame = normalise_scores(scores)
+    score_column, threshold = default_rule(frame, score_column, threshold)
     for name in ("event_id", "username", score_column):
         if name not in frame.columns:
             raise ValueError(f"scores have no {name!r} column; cannot build the report")
@@ -404,10 +435,14 @@ def write_html_report(
     else:
         parts.append("<p>No timestamps to plot.</p>")
 
-    parts.append("<h2>3. Detections and their top contributing features</h2>")
+    parts.append("<h2>3. Detections and what drove them</h2>")
     parts.append(
-        "<p>Features ranked by their z-scored reconstruction loss (<code>&lt;f&gt;_z_loss</code>): "
-        "observed value &rarr; the value the user's model expected.</p>"
+        "<p>Each detection's top drivers: the features whose z-scored reconstruction loss "
+        "(<code>&lt;f&gt;_z_loss</code>) contributed most to its score, with the observed value &rarr; "
+        "what the model expected (its most likely value; for the hour of day and the day of week, "
+        "the time it expected). The threshold column says which <code>mean_abs_z</code> the row's model "
+        "alerts above and how it was set (own: the model's held-out rows; population: the held-out rows "
+        "of all user models; blend: both, by the user's history; fixed: a configured value).</p>"
     )
     parts.append(_detections_html(frame, score_column, top_features, max_detections_listed, truth_kind))
 
