@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pandas as pd
+
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder, TrainingReport
 from dfp_ray.pipeline.data_prep import prepare_features
 from dfp_ray.pipeline.frames import PreparedFrame, UserFrame
@@ -27,13 +29,19 @@ def train_model(
     params: AutoencoderParams,
     *,
     threads: int | Callable[[], int] | None = None,
+    extra_rows: PreparedFrame | None = None,
 ) -> tuple[DFPAutoencoder, TrainingReport, PreparedFrame]:
     """Data prep, then fit: ``(model, report, prepared rows)``.
 
     ``threads`` is the fit's intra-op thread count, or a callable asked before every epoch
     (how a running fit is widened, see :meth:`dfp_ray.controllers.user.UserController.widen_fit`).
+    ``extra_rows``: rows already prepared (analyst-confirmed benign events, see
+    :mod:`dfp_ray.labels`) placed before the time-ordered rows, so they are always in the
+    training part of the split, never in its validation tail.
     """
     prepared = prepare_features(frame, schema)
+    if extra_rows is not None and len(extra_rows):
+        prepared = pd.concat([extra_rows.reindex(columns=prepared.columns), prepared], ignore_index=True)
     model = DFPAutoencoder(
         categorical=schema.features.categorical, numeric=schema.features.numeric,
         binary=schema.features.binary, params=params,
