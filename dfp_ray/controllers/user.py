@@ -281,8 +281,9 @@ class UserController:
         try:
             if streaming:
                 win = self._window(user)
-                appended = win.append(frame, work=work.tag if work is not None else None,
-                                      exclude=self.labels.malicious())
+                malicious = self.labels.malicious()
+                win.exclude(malicious)  # verdicts that came after the rows did
+                appended = win.append(frame, work=work.tag if work is not None else None, exclude=malicious)
                 counts = {"window_added": appended.added, "window_duplicates": appended.duplicates}
                 if appended.already_applied:
                     return TrainResult(**base, rows=len(frame), trained=False,

@@ -159,7 +159,8 @@ class RollingWindow:
             return None if value is None or pd.isna(value) else pd.Timestamp(value).isoformat()
 
         return {"format": CHECKPOINT_FORMAT, "cache_mode": self.cfg.cache_mode, "new_since_emit": self.new_since_emit,
-                "newest": ts(self.newest), "floor": ts(self.floor), "applied": self.applied, "emits": self.emits}
+                "newest": ts(self.newest), "floor": ts(self.floor), "applied": self.applied, "emits": self.emits,
+                "object_columns": [c for c in self.rows.columns if self.rows[c].dtype == object]}
 
     def to_bytes(self) -> bytes:
         import pyarrow as pa
@@ -228,12 +229,24 @@ class RollingWindow:
             newest = frame[time_column].max() if len(frame) else None
             return cls(cfg, time_column, id_column, frame, new, newest, applied_memory=applied_memory)
         meta = json.loads(raw)
+        frame = _as_objects(frame, meta.get("object_columns", []))
 
         def ts(value: str | None) -> pd.Timestamp | None:
             return None if value is None else pd.Timestamp(value)
 
         return cls(cfg, time_column, id_column, frame, int(meta.get("new_since_emit", 0)), ts(meta.get("newest")),
                    ts(meta.get("floor")), list(meta.get("applied", [])), applied_memory, int(meta.get("emits", 0)))
+
+
+def _as_objects(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The columns that were Python objects before the checkpoint (text as the schema mapping
+    makes it, None for missing) become objects again, not Parquet's string dtype: a restored
+    window holds exactly what a window that never stopped holds."""
+    for col in columns:
+        if col in frame.columns and frame[col].dtype != object:
+            values = frame[col].astype(object)
+            frame[col] = values.where(frame[col].notna(), None).astype(object)
+    return frame
 
 
 def is_passthrough(cfg: CacheSettings) -> bool:

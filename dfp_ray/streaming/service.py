@@ -155,12 +155,14 @@ def _describe(res: Any) -> str:
 
 
 def run_stream(cfg, *, new_run: bool = False, progress: Any = None, handle_signals: bool = True,
-               pipeline: Any = None, on_result: Any = None) -> int:
+               pipeline: Any = None, on_result: Any = None, on_start: Any = None) -> int:
     """Run the streaming service until SIGINT / SIGTERM (or ``kafka.stop_after``); the exit code.
 
     ``pipeline``: a warm :class:`~dfp_ray.runner.Pipeline` to use (tests, benchmarks; it must
-    have been made with this stream's ``live_run_id``); by default one is started and shut
-    down here."""
+    have been made with this stream's ``live_run_id``, see :func:`resume_or_start`); by
+    default one is started and shut down here. ``on_start`` is called with the
+    :class:`KafkaControlSource` before it runs (its ``stop()`` ends the stream);
+    ``on_result`` with each message's result and origin once it is durable."""
     from dfp_ray.streaming.source import KafkaControlSource
 
     if not cfg.kafka.input_topics:
@@ -170,6 +172,8 @@ def run_stream(cfg, *, new_run: bool = False, progress: Any = None, handle_signa
              f"resumed, start {state.starts}" if resumed else "new", cfg.kafka.group_id, ",".join(cfg.kafka.input_topics))
     owned = pipeline is None
     started = time.perf_counter()
+    if not owned and getattr(pipeline, "live_run_id", state.run_id) != state.run_id:
+        raise ValueError(f"the pipeline writes run {pipeline.live_run_id}, the stream's run is {state.run_id}")
     if owned:
         from dfp_ray.runner import Pipeline
 
@@ -180,6 +184,8 @@ def run_stream(cfg, *, new_run: bool = False, progress: Any = None, handle_signa
                  paths.get("detections"))
         source = KafkaControlSource(cfg.kafka, PipelineHandler(pipeline, state.run_id, on_result=on_result),
                                     progress=progress, handle_signals=handle_signals)
+        if on_start is not None:
+            on_start(source)
         stats = source.run()
     finally:
         if owned:
