@@ -23,6 +23,7 @@ from dfp_ray.results import MessageResult, Progress, RunSummary
 from dfp_ray.schemas import SourceSchema, load_schema
 
 log = logging.getLogger(__name__)
+STARTUP_TIMEOUT_S = 600.0  # actors importing torch and MLflow on a busy machine take a while
 
 
 def init_ray(address: str | None, *, quiet: bool = True) -> None:
@@ -111,7 +112,16 @@ class Pipeline:
         self.router = RouterActor.options(**restarts).remote(
             cfg, self.schema, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
-        ray.get([a.warm_up.remote() for a in self._actors()])
+        # Bounded: actors the cluster has no room for (CPUs held by another pipeline) never start.
+        try:
+            ray.get([a.warm_up.remote() for a in self._actors()], timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(
+                f"the user actors did not start within {STARTUP_TIMEOUT_S:.0f} s: the cluster has "
+                f"{ray.available_resources().get('CPU', 0):g} CPU(s) free for {n} actor(s) of "
+                f"{cfg.ray.num_cpus_per_actor:g} CPU each (another pipeline holding them?); lower "
+                "ray.num_user_actors or ray.num_cpus_per_actor, or stop the other pipeline") from None
 
     def _actors(self) -> list:
         return [*self.user_actors, *([self.generic_actor] if self.generic_actor is not None else [])]

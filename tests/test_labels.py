@@ -20,6 +20,11 @@ from dfp_ray.messages import Verdict, parse_control_messages
 from dfp_ray.runner import Pipeline, run
 from dfp_ray.tools.datagen import DatagenConfig, generate
 
+try:
+    from tests.kafka_broker import kafka_broker, read_topic  # noqa: F401 - fixture
+except ImportError:
+    from kafka_broker import kafka_broker, read_topic  # noqa: F401 - fixture
+
 SMALL_AE = {
     "autoencoder.encoder_layers": [64, 32], "autoencoder.decoder_layers": [64],
     "autoencoder.epochs": 12, "autoencoder.device": "cpu",
@@ -68,6 +73,32 @@ def test_the_store_keeps_the_newest_verdict_and_a_redelivery_adds_nothing(tmp_pa
     assert store.benign_rows("username", "alice").empty  # the newest verdict is in force
     latest = store.latest().set_index("event_id")
     assert latest.loc["e1", "verdict"] == "malicious" and latest.loc["e1", "note"] == "it was not travel"
+
+
+def test_cli_needs_an_action_and_a_topic(tmp_path, capsys):
+    assert cli_main(["labels"]) == 2
+    assert cli_main(["stream", "--state-dir", str(tmp_path)]) == 2
+    assert "no input topic" in capsys.readouterr().err
+    assert cli_main(["stream", "--input-topic", "bad topic!", "--state-dir", str(tmp_path)]) == 2
+    assert "not a Kafka topic name" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("event_id,verdict\ne1,fine\n")
+    assert cli_main(["labels", "add", "--state-dir", str(tmp_path), str(bad)]) == 1
+    assert "'benign' or 'malicious'" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_labels_add_sends_one_label_message_to_the_streams_topic(kafka_broker, tmp_path, capsys):
+    verdicts = tmp_path / "v.csv"
+    verdicts.write_text("event_id,note\ne1,travel\ne2,\n")
+    assert cli_main(["labels", "add", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", "ctl-labels",
+                     "--verdict", "benign", "--user", "alice", str(verdicts)]) == 0
+    assert "2 verdict(s) -> ctl-labels/0@0" in capsys.readouterr().out
+    (record,) = read_topic(kafka_broker.bootstrap, "ctl-labels")
+    (msg,) = parse_control_messages(record.value).messages
+    assert msg.kind == "label"
+    assert [(v.event_id, v.verdict, v.user, v.note) for v in msg.verdicts] == [
+        ("e1", "benign", "alice", "travel"), ("e2", "benign", "alice", None)]
 
 
 @pytest.fixture(scope="module")

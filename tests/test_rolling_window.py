@@ -152,6 +152,7 @@ def controller(tmp: Path, index: int = 0):
     return UserController(cfg, load_schema("duo"), index, threads=1)
 
 
+@pytest.mark.slow
 def test_a_new_controller_resumes_the_windows_and_a_retried_batch_trains_nothing_twice(frames, tmp_path):
     from dfp_ray.controllers.user import WorkKey
 
@@ -175,3 +176,47 @@ def test_a_new_controller_resumes_the_windows_and_a_retried_batch_trains_nothing
     rest = [second.train(user, p, "streaming", work=WorkKey(run_id="r", message_id="m", batch=i))
             for i, p in enumerate(parts[3:], start=3)]
     assert sum(r.window_added for r in results + rest) == sum(len(p) for p in parts)
+
+
+def test_streaming_inference_holds_rows_until_its_window_is_due(tmp_path):
+    """window.inference in batch mode with 10 / 0: rows wait (checkpointed) until a user has 10,
+    then all of them are scored and the window is flushed; a failed scoring call leaves the
+    checkpoint as it was."""
+    from dfp_ray.controllers.user import WorkKey
+
+    c = controller(tmp_path)
+    c.cfg.window.inference = CacheSettings(cache_mode="batch", min_history=10, min_increment=0)
+    first = pd.concat([day(0, 6, "alice"), day(0, 12, "bob")], ignore_index=True)
+    due, held = c.infer_window(first, WorkKey(run_id="r", message_id="m1"))
+    assert sorted(due["username"].unique()) == ["bob"] and len(due) == 12 and held == {"alice": 6}
+    c.save_inference_windows()
+    again = controller(tmp_path)  # a restarted actor
+    again.cfg.window.inference = c.cfg.window.inference
+    due, held = again.infer_window(day(1, 3, "alice"), WorkKey(run_id="r", message_id="m2"))
+    assert due is None and held == {"alice": 9}
+    again.forget_inference_windows()  # the scoring call failed: back to the checkpoint
+    due, held = again.infer_window(day(1, 4, "alice"), WorkKey(run_id="r", message_id="m2"))
+    assert len(due) == 10 and held == {}  # 6 restored + 4 new: due, then flushed
+    again.save_inference_windows()
+    assert len(again._window("alice", "inference").rows) == 0
+
+
+@pytest.mark.s3
+def test_windows_checkpoint_to_an_object_store(tmp_path):
+    try:
+        from tests.s3_server import running_s3_server, s3_storage_options
+    except ImportError:
+        from s3_server import running_s3_server, s3_storage_options
+    import s3fs
+
+    with running_s3_server() as endpoint:
+        opts = s3_storage_options(endpoint)
+        s3fs.S3FileSystem(**opts).mkdir("dfp-state")
+        win = window(min_history=10, min_increment=10)
+        win.append(day(0, 4), work="m0")
+        url = "s3://dfp-state/windows/duo/alice.parquet"
+        assert RollingWindow.load(url, win.cfg, "timestamp", "event_id", storage_options=opts) is None
+        win.save(url, opts)
+        back = RollingWindow.load(url, win.cfg, "timestamp", "event_id", storage_options=opts)
+    pd.testing.assert_frame_equal(back.rows, win.rows)
+    assert back.applied == ["m0"] and back.new_since_emit == 4
