@@ -168,6 +168,7 @@ def test_a_broker_restart_mid_message_delays_the_commit_until_the_kafka_sink_has
             source.stop("test over")
         thread.join(30)
     assert codes == [0]
+    assert sources[0].stats.outages >= 1  # the source saw the broker go and come back
     assert committed_offset(broker.bootstrap, "outage", "live") == 2
     files = read_detections(pipe.live_paths()["detections"])
     sent = {dict(r.headers)["event_id"].decode() for r in read_topic(broker.bootstrap, "found")}

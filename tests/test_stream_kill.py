@@ -4,7 +4,7 @@ One Kafka message holds a streaming training and an inference. The first process
 completely (windows checkpointed, models registered, every score and detection written) and
 is SIGKILLed before its commit. The restarted process (the same group, so the same stream run)
 gets the message again: it counts no window row twice, trains no model twice, writes no row
-twice, and commits. Every scored row is kept (``output.write_all_scores``), so "nothing lost"
+twice, and, sent SIGTERM while the message is in flight, finishes it, commits and exits 0. Every scored row is kept (``output.write_all_scores``), so "nothing lost"
 is checked against the inference files themselves: each event scored exactly once, and the
 detections are exactly the scored rows past the threshold.
 
@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +59,17 @@ class StreamProcess:
         with open(log, "ab") as out:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 400) -> None:
+        """Until ``text`` is in the log more than ``after`` times (the process must stay up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log.read_text(errors="replace").count(text) > after:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {text!r} in the stream's log:\n{self.log.read_text()[-3000:]}")
 
     def wait(self, timeout: float = 400) -> int:
         try:
@@ -116,11 +128,15 @@ def test_sigkill_between_output_and_commit_then_restart_loses_and_duplicates_not
     versions_before = {u: len(registry.versions("duo", u)) for u in [*users, None]}
     assert sum(w[2] for w in windows_before.values()) > 0  # some windows emitted (and trained)
 
-    second = StreamProcess(cfg_path, kafka_broker.bootstrap, log, "--stop-after", "1")
+    # The restart gets the message again; a SIGTERM while it is in flight lets it finish and commit.
+    second = StreamProcess(cfg_path, kafka_broker.bootstrap, log)
     try:
+        second.wait_for_log("handling kafka:ctl/0@0", after=log.read_text().count("handling kafka:ctl/0@0"))
+        os.kill(second.process.pid, signal.SIGTERM)
         assert second.wait() == 0, log.read_text()[-3000:]
     finally:
         second.kill()
+    assert "SIGTERM: finishing the message in flight" in log.read_text()
     assert committed_offset(kafka_broker.bootstrap, "killed", "ctl") == 1
     assert json.loads(state_path(cfg.state_path, "duo", "killed").read_text())["run_id"] == run_id  # one run
     assert windows(cfg, users) == windows_before  # no window row counted twice
