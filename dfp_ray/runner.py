@@ -83,6 +83,14 @@ class Pipeline:
         init_ray(cfg.ray.address)
         cfg = cfg.model_copy(deep=True)
         cfg.input.data_roots = cfg.input.roots()  # resolved here, in the driver's working directory
+        # Local folders too: actors may run elsewhere (a cluster's workers, a job's working dir).
+        cfg.state_dir = str(cfg.state_path)
+        if "://" not in cfg.output.directory:
+            cfg.output.directory = os.path.abspath(os.path.expanduser(cfg.output.directory))
+        if cfg.labels.directory and "://" not in cfg.labels.directory:
+            cfg.labels.directory = str(cfg.labels_path)
+        if cfg.window.checkpoint_dir and "://" not in cfg.window.checkpoint_dir:
+            cfg.window.checkpoint_dir = os.path.abspath(os.path.expanduser(cfg.window.checkpoint_dir))
         self.cfg = cfg
         self.schema = schema or load_schema(cfg.schema_ref)
         make_private_dir(cfg.state_path)

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--verdict", choices=["benign", "malicious"], help="only this verdict")
     ls.add_argument("--user", help="only this user's verdicts")
     ls.add_argument("--history", action="store_true", help="every stored verdict line, superseded ones too")
-    ls.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
+    ls.add_argument("--format", choices=["table", "csv", "jsonl"], default="table",
+                    help="table (default, for people), csv or jsonl (for tools)")
     ls.set_defaults(handler=list_labels)
 
     add = actions.add_parser("add", help="store verdicts now, or send them to the stream's topic")
