@@ -22,11 +22,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 COMMAND_MODULES = [
     "dfp_ray.commands.demo",
     "dfp_ray.commands.run",
+    "dfp_ray.commands.stream",
     "dfp_ray.commands.datagen",
     "dfp_ray.commands.fingerprint",
     "dfp_ray.commands.serve",
     "dfp_ray.commands.report",
     "dfp_ray.commands.publish",
+    "dfp_ray.commands.labels",
 ]
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dfp_ray.autoencoder.calibration import DEFAULT_ALERT_RATE
 from dfp_ray.autoencoder.params import AutoencoderParams
+from dfp_ray.streaming.config import KafkaConfig, KafkaSinkConfig
 from dfp_ray.yaml_config import ConfigError, parse_override, read_yaml, set_dotted, validate_model
 
 TrainUsers = Literal["all", "generic", "individual", "none"]
@@ -173,12 +174,67 @@ class RayConfig(_Strict):
     )
 
 
-class WindowConfig(_Strict):
-    """Rolling window for streaming messages (REFERENCE A4 step 7)."""
+CacheMode = Literal["aggregate", "batch"]
 
-    min_history: int = Field(300, ge=1, description="Training: rows a user needs before a model is trained.")
-    min_increment: int = Field(300, ge=0, description="Training: new rows needed since the last training.")
-    max_history_days: int = Field(60, ge=1, description="Training window length in days.")
+
+class CacheSettings(_Strict):
+    """One rolling window's rules (Morpheus's ``DFPRollingWindowStage`` options).
+
+    ``aggregate``: rows accumulate over ``max_history_days``; the window is emitted whole (and
+    kept) once it holds ``min_history`` rows and ``min_increment`` rows arrived since the last
+    emit. ``batch``: rows accumulate until the same thresholds are met, are emitted, and the
+    window is flushed (emptied)."""
+
+    cache_mode: CacheMode = Field("aggregate", description="aggregate (keep and emit the whole window) or batch "
+                                  "(emit what accumulated, then flush).")
+    min_history: int = Field(300, ge=1, description="Rows a window needs before it is emitted.")
+    min_increment: int = Field(300, ge=0, description="New rows needed since the last emit.")
+    max_history_days: int = Field(60, ge=1, description="Rows older than this many days before the newest "
+                                  "row leave the window.")
+    max_rows: int = Field(
+        100_000, ge=1, description="Cap on a window's rows (memory bound per user): the newest are kept; a "
+        "row no newer than the oldest row kept is not admitted (it would be evicted first).",
+    )
+
+
+def _inference_window() -> CacheSettings:
+    return CacheSettings(cache_mode="batch", min_history=1, min_increment=0)
+
+
+class WindowConfig(CacheSettings):
+    """Rolling windows of streaming messages (Morpheus's DFPRollingWindow; see docs/streaming.md).
+
+    The top-level keys are the training window (Morpheus: aggregate, 300 / 300 / 60 days);
+    ``inference`` is the inference window (Morpheus: batch, min history 1, min increment 0, i.e.
+    every batch is scored as it arrives and nothing is kept)."""
+
+    inference: CacheSettings = Field(
+        default_factory=_inference_window, description="Inference window of streaming messages (default: "
+        "batch mode, 1 / 0: each batch is scored at once, nothing is held back).",
+    )
+    checkpoint_dir: str | None = Field(
+        None, description="Where windows are checkpointed (local folder or s3:// prefix). Default: "
+        "<state_dir>/windows. A restarted actor or stream resumes from these files.",
+    )
+    applied_memory: int = Field(
+        256, ge=1, description="Work items (run/message/batch) a window remembers having counted, so a "
+        "message redelivered after a crash is not counted twice.",
+    )
+
+
+class LabelsConfig(_Strict):
+    """Analyst verdicts on detections (label messages; see docs/streaming.md)."""
+
+    directory: str | None = Field(None, description="Where verdicts and benign rows are stored. Default: "
+                                  "<state_dir>/labels.")
+    benign_weight: int = Field(
+        1, ge=1, description="Times each benign-labelled row is repeated in its user's (and the generic "
+        "model's) training data.",
+    )
+    max_benign_rows_per_user: int = Field(
+        10_000, ge=0, description="Newest benign rows per user added to a training (memory bound).",
+    )
+    max_verdicts_per_message: int = Field(100_000, ge=1, description="Larger label messages are rejected.")
 
 
 class DFPConfig(_Strict):
@@ -210,6 +266,13 @@ class DFPConfig(_Strict):
     input: InputConfig = Field(default_factory=InputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    kafka: KafkaConfig = Field(
+        default_factory=KafkaConfig, description="Kafka source of `dfp-ray stream` (flags override it)."
+    )
+    kafka_sink: KafkaSinkConfig = Field(
+        default_factory=KafkaSinkConfig, description="Detections to a Kafka topic too (off without a topic)."
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for s3:// inputs/outputs (e.g. client_kwargs)."
     )
@@ -236,6 +299,15 @@ class DFPConfig(_Strict):
         if self.mlflow.tracking_uri:
             return self.mlflow.tracking_uri
         return f"sqlite:///{self.state_path / 'mlflow.db'}"
+
+    @property
+    def windows_dir(self) -> str:
+        """Where rolling windows are checkpointed (a local folder or an ``s3://`` prefix)."""
+        return (self.window.checkpoint_dir or str(self.state_path / "windows")).rstrip("/")
+
+    @property
+    def labels_path(self) -> Path:
+        return Path(self.labels.directory).expanduser().resolve() if self.labels.directory else self.state_path / "labels"
 
     @property
     def artifact_location(self) -> str:
@@ -265,10 +337,14 @@ def overrides_from_strings(items: list[str] | None) -> dict[str, Any]:
 
 
 __all__ = [
+    "CacheSettings",
     "ConfigError",
     "DFPConfig",
     "DetectionConfig",
     "InputConfig",
+    "KafkaConfig",
+    "KafkaSinkConfig",
+    "LabelsConfig",
     "MLflowConfig",
     "OutputConfig",
     "RayConfig",

@@ -19,9 +19,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from dfp_ray.labels import LabelOutcome
 from dfp_ray.messages import Rejection
 
-MessageKind = Literal["training", "inference", "load_only"]
+MessageKind = Literal["training", "inference", "load_only", "label"]
 
 
 def add_counts(into: dict[str, int], more: dict[str, int]) -> None:
@@ -69,6 +70,10 @@ class TrainResult(BaseModel):
     epochs_run: int = 0
     best_val_loss: float | None = None
     fit_threads: int = 0  # intra-op threads at the end of the fit (more once widened)
+    window_added: int = Field(0, description="Streaming: rows this batch added to the user's rolling window.")
+    window_duplicates: int = Field(0, description="Streaming: rows the window already held (not counted again).")
+    retryable: bool = Field(False, description="Failed for a reason outside the data (registry, storage): "
+                            "processing the message again may succeed; a stream does not commit it.")
 
 
 class InferResult(BaseModel):
@@ -80,6 +85,8 @@ class InferResult(BaseModel):
     seconds: float
     worker: int
     error: str = ""
+    retryable: bool = Field(False, description="Failed for a reason outside the data (registry, storage).")
+    held: int = Field(0, description="Streaming: rows held back by the inference window (scored when it emits).")
 
 
 class SinkWrite(BaseModel):
@@ -124,7 +131,12 @@ class MessageResult(BaseModel):
     scored: int = 0
     detections: int = 0
     rejection: Rejection | None = None
+    failure: str | None = Field(
+        None, description="The message could not be completed for a reason outside it (an output or state "
+        "that could not be made durable, a registry that did not answer): run it again, never skip it.",
+    )
     errors: list[str] = Field(default_factory=list)
+    labels: LabelOutcome | None = Field(None, description="Label messages: what the verdicts did.")
     stage_seconds: StageSeconds = Field(default_factory=StageSeconds)
     seconds: float = 0.0
     generic_widened_at_s: float | None = Field(
@@ -134,6 +146,12 @@ class MessageResult(BaseModel):
 
     def record_training(self, res: TrainResult) -> None:
         (self.trained if res.trained else self.skipped_users).append(res)
+
+    @property
+    def retryable_errors(self) -> list[str]:
+        """Per-user failures that another attempt may fix (registry, storage), as ``user: reason``."""
+        return ([f"{r.user}: {r.reason}" for r in self.skipped_users if r.retryable]
+                + [f"{r.user}: {r.error}" for r in self.inferred if r.retryable])
 
     def record_inference(self, batch: InferBatch) -> None:
         """Count one owner's scoring call (``detections`` is counted from the sink's files)."""

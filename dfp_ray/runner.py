@@ -23,6 +23,7 @@ from dfp_ray.results import MessageResult, Progress, RunSummary
 from dfp_ray.schemas import SourceSchema, load_schema
 
 log = logging.getLogger(__name__)
+STARTUP_TIMEOUT_S = 600.0  # actors importing torch and MLflow on a busy machine take a while
 
 
 def init_ray(address: str | None, *, quiet: bool = True) -> None:
@@ -34,7 +35,7 @@ def init_ray(address: str | None, *, quiet: bool = True) -> None:
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "configure_logging": quiet}
     if address:
         kwargs["address"] = address
-    else:
+    elif not os.environ.get("RAY_ADDRESS"):  # a `ray job submit` entrypoint joins its cluster
         kwargs["include_dashboard"] = False
     ray.init(**kwargs)
 
@@ -65,10 +66,14 @@ class Pipeline:
 
     Every actor is restarted by Ray when it dies (``ray.max_restarts``): user actors restore
     their state from the registry and checkpoints, the sink reopens its run's files, and the
-    work they held is sent again (see docs/reliability.md).
+    work they held is sent again.
+
+    ``live_run_id`` (a stream): that run's output files are published at once and appended to
+    in place, so detections are visible while the stream runs (see
+    :mod:`dfp_ray.pipeline.write_to_file`).
     """
 
-    def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None):
+    def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None, *, live_run_id: str | None = None):
         import ray
 
         from dfp_ray.actors.router import RouterActor
@@ -78,6 +83,14 @@ class Pipeline:
         init_ray(cfg.ray.address)
         cfg = cfg.model_copy(deep=True)
         cfg.input.data_roots = cfg.input.roots()  # resolved here, in the driver's working directory
+        # Local folders too: actors may run elsewhere (a cluster's workers, a job's working dir).
+        cfg.state_dir = str(cfg.state_path)
+        if "://" not in cfg.output.directory:
+            cfg.output.directory = os.path.abspath(os.path.expanduser(cfg.output.directory))
+        if cfg.labels.directory and "://" not in cfg.labels.directory:
+            cfg.labels.directory = str(cfg.labels_path)
+        if cfg.window.checkpoint_dir and "://" not in cfg.window.checkpoint_dir:
+            cfg.window.checkpoint_dir = os.path.abspath(os.path.expanduser(cfg.window.checkpoint_dir))
         self.cfg = cfg
         self.schema = schema or load_schema(cfg.schema_ref)
         make_private_dir(cfg.state_path)
@@ -102,28 +115,41 @@ class Pipeline:
             # two calls at once: the router's widen_fit arrives while train runs
             self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2, **restarts).remote(
                 cfg, self.schema, n)
-        self.sink = SinkActor.options(**restarts).remote(cfg)
+        self.live_run_id = live_run_id
+        self.sink = SinkActor.options(**restarts).remote(cfg, live_run_id, self.schema.user_column)
         self.router = RouterActor.options(**restarts).remote(
             cfg, self.schema, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
-        ray.get([a.warm_up.remote() for a in self._actors()])
+        # Bounded: actors the cluster has no room for (CPUs held by another pipeline) never start.
+        try:
+            ray.get([a.warm_up.remote() for a in self._actors()], timeout=STARTUP_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(
+                f"the user actors did not start within {STARTUP_TIMEOUT_S:.0f} s: the cluster has "
+                f"{ray.available_resources().get('CPU', 0):g} CPU(s) free for {n} actor(s) of "
+                f"{cfg.ray.num_cpus_per_actor:g} CPU each (another pipeline holding them?); lower "
+                "ray.num_user_actors or ray.num_cpus_per_actor, or stop the other pipeline") from None
 
     def _actors(self) -> list:
         return [*self.user_actors, *([self.generic_actor] if self.generic_actor is not None else [])]
 
-    def run_message(self, msg: ControlMessage, run_id: str, *, progress: bool = True) -> MessageResult:
-        """Run one message to completion (its models registered, its rows written).
+    def run_message(self, msg: ControlMessage, run_id: str, *, progress: bool = True,
+                    retry: bool = False, work_id: str | None = None) -> MessageResult:
+        """Run one message to completion (its models registered, its rows written, its windows
+        checkpointed).
 
         The router may die mid-message: Ray restarts it and the message is sent again, marked
         as a retry (no model trained twice, no row written twice), up to ``ray.max_restarts``
-        times. A message still running after ``ray.message_timeout_s`` is abandoned: the router
-        is restarted (stopping its work) and the result is a rejection saying so."""
+        times. ``retry=True`` marks it so from the start (a stream that may have processed it
+        before a crash); ``work_id`` names the work (see :meth:`RouterActor.process`). A message still running after ``ray.message_timeout_s`` is abandoned:
+        the router is restarted (stopping its work) and the result is a rejection saying so."""
         import ray
 
         attempts = 0
         while True:
             self._router_up()
-            ref = self.router.process.remote(msg, run_id, attempts > 0)
+            ref = self.router.process.remote(msg, run_id, retry or attempts > 0, work_id)
             try:
                 return self._wait_with_progress(ref, msg, progress)
             except ray.exceptions.RayActorError as exc:
@@ -201,9 +227,19 @@ class Pipeline:
 
         return ray.get(self.sink.publish.remote(run_id))
 
+    def live_paths(self) -> dict:
+        """Where a live run's detections are published (empty without a live run)."""
+        import ray
+
+        return ray.get(self.sink.live_paths.remote())
+
     def shutdown(self) -> None:
         import ray
 
+        try:  # flush and close the Kafka detection sink's producer, if any
+            ray.get(self.sink.close.remote(), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - the actors are killed anyway
+            log.debug("closing the sink: %s", exc)
         for a in [self.router, self.sink, *self._actors()]:
             ray.kill(a)
 
@@ -261,6 +297,8 @@ def run(
     try:
         for msg in messages:
             res = pipe.run_message(msg, run_id, progress=progress)
+            if res.failure is not None and res.rejection is None:  # a batch run reports it like a rejection
+                res.rejection = Rejection.for_message(msg, f"not completed: {res.failure}")
             if res.rejection is not None:
                 dead.write(res.rejection)
             for err in res.errors:

@@ -275,10 +275,10 @@ def test_unknown_task_type_names_message_field_and_expected_values() -> None:
     (rejection,) = result.rejections
     assert rejection.message_id == "duo_payload_lti.json#inputs[2]"
     assert rejection.field == "inputs[2].tasks[1].type"
-    assert rejection.reason == "unknown task type 'trainig' (expected load, training, inference)"
+    assert rejection.reason == "unknown task type 'trainig' (expected load, training, inference, label)"
     assert str(rejection) == (
         "duo_payload_lti.json#inputs[2]: inputs[2].tasks[1].type: "
-        "unknown task type 'trainig' (expected load, training, inference)"
+        "unknown task type 'trainig' (expected load, training, inference, label)"
     )
     assert rejection.raw == bad
     assert rejection.at.tzinfo is not None

@@ -32,6 +32,7 @@ from dfp_ray.controllers.router import (
     widen_threads,
 )
 from dfp_ray.controllers.user import WorkKey
+from dfp_ray.durability import DurabilityError
 from dfp_ray.messages import ControlMessage, Rejection
 from dfp_ray.pipeline.file_batcher import plan_batches
 from dfp_ray.pipeline.fsspec_loader import FileSelectionError
@@ -68,21 +69,31 @@ class RouterActor:
         return True
 
     # ------------------------------------------------------------------------------------
-    def process(self, msg: ControlMessage, run_id: str, retry: bool = False) -> MessageResult:
+    def process(self, msg: ControlMessage, run_id: str, retry: bool = False, work_id: str | None = None) -> MessageResult:
         """Run one control message of run ``run_id`` to completion; never raises for bad input.
 
-        ``retry``: the message was sent before and its router died; models already registered
-        for it are reported rather than trained again, rows already written are not rewritten."""
+        ``retry``: the message may have been processed before (its router died, or a stream
+        crashed); models already registered for it are reported rather than trained again, rows
+        already written are not rewritten, window rows already counted are not counted again.
+        ``work_id`` (default: the message id) names the work in ``dfp_work`` tags and windows: a
+        stream adds a digest of the Kafka record, so a recreated topic that reuses an offset
+        is not mistaken for a redelivery."""
         self.progress_state.start(msg.message_id, msg.kind)
         start = self._message_started = time.perf_counter()
-        self._work = WorkKey(run_id=run_id, message_id=msg.message_id, retry=retry)
+        self._work = WorkKey(run_id=run_id, message_id=work_id or msg.message_id, retry=retry)
         result = MessageResult(message_id=msg.message_id, kind=msg.kind, data_type=msg.metadata.data_type)
         try:
-            self._process(msg, result)
+            if msg.kind == "label":
+                self._label(msg, result)
+            else:
+                self._process(msg, result)
         except FileSelectionError as exc:
             result.rejection = Rejection.for_message(msg, exc.reason, exc.field)
         except _Unreadable as exc:
             result.rejection = Rejection.for_message(msg, str(exc))
+        except DurabilityError as exc:  # not the message's fault: it must run again, not be skipped
+            log.error("message %s could not be made durable: %s", msg.message_id, exc)
+            result.failure = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # bad input must never kill the router
             log.exception("message %s failed", msg.message_id)
             result.rejection = Rejection.for_message(msg, f"{type(exc).__name__}: {exc}")
@@ -90,12 +101,41 @@ class RouterActor:
         self.progress_state.stage("done")
         return result
 
+    def _label(self, msg: ControlMessage, result: MessageResult) -> None:
+        """Store a label message's verdicts (and the detection rows of benign ones); see
+        :mod:`dfp_ray.labels`. The user actors see them from their next training on."""
+        from dfp_ray.labels import apply_labels
+
+        verdicts = msg.verdicts
+        limit = self.cfg.labels.max_verdicts_per_message
+        if len(verdicts) > limit:
+            result.rejection = Rejection.for_message(msg, f"{len(verdicts):,} verdicts, over labels.max_verdicts_per_"
+                                                     f"message={limit:,}: split them into several messages")
+            return
+        self.progress_state.stage("labels")
+        try:
+            outcome = apply_labels(self.cfg, self.schema, self._work.tag, verdicts)
+        except OSError as exc:
+            raise DurabilityError(f"cannot store the verdicts under {self.cfg.labels_path}: {exc}") from exc
+        result.labels = outcome
+        if outcome.rows_missing:
+            shown = ", ".join(outcome.rows_missing[:5]) + (" ..." if len(outcome.rows_missing) > 5 else "")
+            result.errors.append(
+                f"{len(outcome.rows_missing)} benign verdict(s) without a detection row in {self.cfg.output.directory} "
+                f"({shown}): stored, but no row joins the training data (the run that detected them is gone, "
+                "or they were never detected)")
+
     def _process(self, msg: ControlMessage, result: MessageResult) -> None:
         batches = plan_batches(msg, self.cfg.storage_options, roots=self.cfg.input.roots())
         self.progress_state.stage("loading", files_total=sum(len(b.files) for b in batches))
         training = msg.kind == "training" and self.cfg.train_users != "none"
-        keep_whole = training and trains_generic(self.cfg.train_users)
+        self._generic = trains_generic(self.cfg.train_users) and msg.trains_generic
+        self._individual = trains_individual(self.cfg.train_users)
+        keep_whole = training and self._generic
+        streaming = msg.metadata.data_type == "streaming"
         for batch in batches:
+            if streaming:  # each period is its own work item (windows, dfp_work tags)
+                self._work = self._work.model_copy(update={"batch": batch.batch_index})
             started = time.perf_counter()
             infos, refs = self._load(batch.files, msg, keep_whole)
             result.record_load(infos)
@@ -107,7 +147,7 @@ class RouterActor:
                 self._train(infos, refs, msg.metadata.data_type, result)
                 result.stage_seconds.train += time.perf_counter() - started
             elif msg.kind == "inference":
-                self._infer(infos, refs, result)
+                self._infer(infos, refs, result, msg.metadata.data_type)
                 result.stage_seconds.infer += time.perf_counter() - started
 
     # ---- file to DataFrame, on the pool ---------------------------------------------------
@@ -122,7 +162,7 @@ class RouterActor:
         calls = [
             self.actors[i].load_and_split.options(num_returns=n + 2).remote(
                 chunk, file_opts, self.cfg.storage_options, self.cache.batch_key(chunk, file_opts, fingerprint),
-                n, msg.metadata.batching_options, keep_whole)
+                n, msg.metadata.batching_options, keep_whole, msg.users)
             for i, chunk in enumerate(plan_chunks(files, n, self.cfg.ray))
         ]
         infos: list[LoadInfo] = _get([c[0] for c in calls])
@@ -135,10 +175,10 @@ class RouterActor:
     # ---- training ---------------------------------------------------------------------------
     def _train(self, infos: list[LoadInfo], refs: list[list], data_type: str, result: MessageResult) -> None:
         n = len(self.actors)
-        individual = trains_individual(self.cfg.train_users)
+        individual = self._individual
         owners = owners_with_rows(infos, n) if individual else []
         generic_at = None
-        if trains_generic(self.cfg.train_users):
+        if self._generic:
             generic_at = place_generic_fit(
                 has_generic_actor=self.generic_actor is not None, data_type=data_type,
                 rows_per_owner=[sum(i.owner_rows[j] for i in infos) for j in range(n)],
@@ -202,7 +242,7 @@ class RouterActor:
             self.progress_state.add(users_done=1)
 
     # ---- inference ------------------------------------------------------------------------
-    def _infer(self, infos: list[LoadInfo], refs: list[list], result: MessageResult) -> None:
+    def _infer(self, infos: list[LoadInfo], refs: list[list], result: MessageResult, data_type: str) -> None:
         """Each owner scores the parts its loaders sent it and writes detections to the sink;
         the message is done once every owner returned (its rows durably written)."""
         n = len(self.actors)
@@ -212,7 +252,8 @@ class RouterActor:
         self.progress_state.add(users_total=sum(users[j] for j in owners))
         run_id = self._work.run_id
         before: SinkWrite = ray.get(self.sink.rows.remote(run_id))
-        calls = [self.actors[j].infer_parts.remote(self.sink, run_id, *(r[j] for r in refs)) for j in owners]
+        calls = [self.actors[j].infer_parts.remote(self.sink, run_id, *(r[j] for r in refs), work=self._work,
+                                                   data_type=data_type) for j in owners]
         pending = list(calls)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

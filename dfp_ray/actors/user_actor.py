@@ -33,14 +33,15 @@ class UserActor:
     @ray.method(max_task_retries=-1)  # a pure read: safe to run again on a restarted actor
     def load_and_split(self, files: list[FileRef], file_opts: FileToDfOptions | None, storage_options: dict,
                        cache_key: str | None, pool_size: int, batching: BatchingOptions | None,
-                       keep_whole: bool) -> tuple:
+                       keep_whole: bool, users: list[str] | None = None) -> tuple:
         """Read and map one chunk of a batch and split its rows by owning actor.
 
         Returns ``(LoadInfo, part_0, ..., part_{pool_size-1}, whole)`` (call with
         ``num_returns=pool_size + 2``): the router hands each part's reference straight to its
         owner, so rows go loader -> owner through the object store, never through the router."""
         info, parts, whole = self.controller.load_for_owners(
-            files, file_opts, storage_options, cache_key, pool_size, batching=batching, keep_whole=keep_whole)
+            files, file_opts, storage_options, cache_key, pool_size, batching=batching, keep_whole=keep_whole,
+            users=users)
         return (info, *parts, whole)
 
     def train_parts(self, data_type: str, n_user_parts: int, train_individual: bool, fit_id: str | None,
@@ -56,14 +57,39 @@ class UserActor:
             train_individual=train_individual, fit_id=fit_id, work=work)
 
     @ray.method(max_task_retries=-1)  # safe to run again: the sink skips rows it already wrote
-    def infer_parts(self, sink, run_id: str, *frames) -> InferBatch:
+    def infer_parts(self, sink, run_id: str, *frames, work: WorkKey | None = None,
+                    data_type: str = "payload") -> InferBatch:
         """Score the parts several loaders sent this actor, in calls of at most
         ``ray.users_per_call`` users, and hand each call's detections (and, with
-        ``output.write_all_scores``, every score) to the sink; returns once written."""
+        ``output.write_all_scores``, every score) to the sink; returns once written.
+
+        Streaming: the rows go through the users' inference windows first (``window.inference``;
+        by default every row is scored at once); the windows are checkpointed after the sink
+        wrote what they emitted."""
         frame = concat_parts(frames)
         batch = InferBatch()
         if frame is None:
             return batch
+        c = self.controller
+        held: dict[str, int] = {}
+        if data_type == "streaming":
+            try:
+                frame, held = c.infer_window(frame, work)
+            except Exception:
+                c.forget_inference_windows()
+                raise
+        try:
+            if frame is not None:
+                self._score(frame, sink, run_id, batch)
+        except Exception:
+            c.forget_inference_windows()
+            raise
+        c.save_inference_windows()
+        batch.users.extend(InferResult(user=u, rows=0, model_version=None, seconds=0.0, worker=self.index, held=n)
+                           for u, n in held.items())
+        return batch
+
+    def _score(self, frame, sink, run_id: str, batch: InferBatch) -> None:
         c = self.controller
         users = frame[c.schema.user_column].astype(str)
         unique = users.unique()
@@ -83,7 +109,6 @@ class UserActor:
                 written: SinkWrite = ray.get(sink.write.remote(run_id, detections, scores))
                 batch.written.detections += written.detections
                 batch.written.scores += written.scores
-        return batch
 
     def widen_fit(self, threads: int, fit_id: str) -> int:
         """See :meth:`UserController.widen_fit` (needs an actor that runs two calls at once)."""

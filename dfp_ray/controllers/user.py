@@ -18,13 +18,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from dfp_ray.config import DFPConfig
+from dfp_ray.config import CacheSettings, DFPConfig
+from dfp_ray.durability import DurabilityError
+from dfp_ray.labels import LabelStore, LabelView
 from dfp_ray.messages import BatchingOptions, FileToDfOptions
 from dfp_ray.pipeline.data_prep import prepare_features
 from dfp_ray.pipeline.file_batcher import OUTSIDE_WINDOW, keep_rows_in_window
@@ -34,12 +35,14 @@ from dfp_ray.pipeline.frames import DetectionFrame, MappedFrame, ScoredFrame, Us
 from dfp_ray.pipeline.fsspec_loader import FileRef
 from dfp_ray.pipeline.inference import score_users
 from dfp_ray.pipeline.mlflow_model_writer import write_model
-from dfp_ray.pipeline.rolling_window import RollingWindow
+from dfp_ray.pipeline.rolling_window import RollingWindow, is_passthrough
 from dfp_ray.pipeline.split_users import filter_users, split_by_owner, split_by_user
 from dfp_ray.pipeline.training import too_few_rows, train_model
 from dfp_ray.readers.frame_cache import FrameCache
+from dfp_ray.registry.errors import RegistryError
 from dfp_ray.registry.names import GENERIC_SLOT, safe_user_name, user_label
 from dfp_ray.results import FileProblem, InferResult, LoadInfo, TrainResult
+from dfp_ray.row_keys import fill_event_ids, row_keys
 from dfp_ray.schemas import SourceSchema
 
 log = logging.getLogger(__name__)
@@ -59,13 +62,20 @@ class WorkKey(BaseModel):
     message_id: str
     retry: bool = False
     only: list[str | None] | None = None  # models still owed (None in it: the generic model)
+    batch: int | None = None  # streaming: the batch of the message (one per period)
 
     @property
     def tag(self) -> str:
-        return f"{self.run_id}/{self.message_id}"
+        """``<run>/<message>`` (``/<batch>`` for a streaming batch): the ``dfp_work`` tag of the
+        versions it trains and the work item its rolling windows remember."""
+        base = f"{self.run_id}/{self.message_id}"
+        return base if self.batch is None else f"{base}/{self.batch}"
 
     def wants(self, user: str | None) -> bool:
         return self.only is None or user in self.only
+
+
+RETRYABLE = (RegistryError, OSError, DurabilityError)  # failures outside the data: another attempt may succeed
 
 
 def concat_parts(parts: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
@@ -90,7 +100,12 @@ class UserController:
             self.registry, max_models=cfg.ray.max_models_cached, refresh_seconds=cfg.mlflow.refresh_seconds
         )
         self.file_cache = FrameCache(cfg.state_path / "cache", enabled=cfg.cache_loaded_files)
-        self.windows: dict[str | None, RollingWindow] = {}  # None: the generic model's window
+        # Rolling windows by (kind, user): kind "training" or "inference"; user None = the generic model.
+        self.windows: dict[tuple[str, str | None], RollingWindow] = {}
+        self.labels = LabelView(LabelStore(cfg.labels_path, cfg.source), schema.user_column,
+                                limit=cfg.labels.max_benign_rows_per_user)
+        self._lookup_failures: dict[str, BaseException] = {}
+        self._pending_inference: set[str] = set()
         self.users_seen: set[str] = set()
         # One fit at a time per worker: with ray.actor_concurrency > 1 a call registers its model
         # (database round trips, file copies, the store's lock) while the next call fits.
@@ -140,12 +155,14 @@ class UserController:
         *,
         batching: BatchingOptions | None = None,
         keep_whole: bool = False,
+        users: list[str] | None = None,
     ) -> tuple[LoadInfo, list[MappedFrame | None], MappedFrame | None]:
         """Read and map one chunk of a batch, keep the rows inside the message's time window
         (``batching``) and the configured users, split by owning actor.
 
         Returns the chunk's :class:`LoadInfo` (with the records dropped, per reason), one part
         per owner index, and (``keep_whole``) the whole chunk for the generic model's trainer.
+        ``users``: keep only these users' rows (a message that names its users).
         On an unreadable file nothing is returned but the errors: the router rejects the
         message, naming every file."""
         loaded = read_and_map(files, self.schema, options=file_opts, storage_options=storage_options,
@@ -161,28 +178,58 @@ class UserController:
         if outside:
             info.skipped[OUTSIDE_WINDOW] = info.skipped.get(OUTSIDE_WINDOW, 0) + outside
         frame = filter_users(frame, s.user_column, self.cfg.only_users, self.cfg.skip_users)
+        if users:  # the message names its users ("retrain alice on these files")
+            frame = filter_users(frame, s.user_column, users, [])
+        # Every row gets a stable key (its event id, else a hash of the record): what the sink,
+        # the rolling windows and analyst verdicts recognise a row by.
+        frame = fill_event_ids(frame, s.event_id_column)
         parts = split_by_owner(frame, s.user_column, pool_size)
         info.rows = len(frame)
         info.owner_users = [sorted(p[s.user_column].astype(str).unique()) for p in parts]
         info.owner_rows = [len(p) for p in parts]
         return info, parts, (frame.reset_index(drop=True) if keep_whole else None)
 
-    # ---- rolling windows (streaming training) -------------------------------------------
-    def _window_path(self, user: str | None) -> Path:
-        name = GENERIC_SLOT if user is None else safe_user_name(user)
-        return self.cfg.state_path / "windows" / self.cfg.source / f"{name}.parquet"
+    # ---- rolling windows (streaming messages) ---------------------------------------------
+    def _window_settings(self, kind: str) -> CacheSettings:
+        return self.cfg.window if kind == "training" else self.cfg.window.inference
 
-    def _window(self, user: str | None) -> RollingWindow:
-        win = self.windows.get(user)
+    def _window_url(self, kind: str, user: str | None) -> str:
+        name = GENERIC_SLOT if user is None else safe_user_name(user)
+        folder = f"{self.cfg.windows_dir}/{self.cfg.source}" + ("" if kind == "training" else "/inference")
+        return f"{folder}/{name}.parquet"
+
+    def _window(self, user: str | None, kind: str = "training") -> RollingWindow:
+        """The user's window, restored from its checkpoint the first time it is needed (a
+        restarted actor, a restarted stream)."""
+        key = (kind, user)
+        win = self.windows.get(key)
         if win is None:
-            path = self._window_path(user)
-            s = self.schema
-            if path.exists():
-                win = RollingWindow.load(path, self.cfg.window, s.time_column, s.event_id_column)
-            else:
-                win = RollingWindow(self.cfg.window, s.time_column, s.event_id_column)
-            self.windows[user] = win
+            s, settings = self.schema, self._window_settings(kind)
+            url = self._window_url(kind, user)
+            try:
+                win = RollingWindow.load(url, settings, s.time_column, s.event_id_column,
+                                         storage_options=self.cfg.storage_options,
+                                         applied_memory=self.cfg.window.applied_memory)
+            except Exception as exc:  # noqa: BLE001 - a window we cannot read must not be replaced silently
+                raise DurabilityError(f"cannot read the rolling-window checkpoint {url}: {exc}; fix or remove "
+                                      "it (removing it starts the user's window afresh)") from exc
+            if win is None:
+                win = RollingWindow(settings, s.time_column, s.event_id_column,
+                                    applied_memory=self.cfg.window.applied_memory)
+            self.windows[key] = win
         return win
+
+    def _save_window(self, user: str | None, kind: str = "training") -> None:
+        url = self._window_url(kind, user)
+        try:
+            self.windows[(kind, user)].save(url, self.cfg.storage_options)
+        except Exception as exc:
+            self.windows.pop((kind, user), None)  # memory ran ahead of the checkpoint: reload it next time
+            raise DurabilityError(f"cannot checkpoint the rolling window {url}: {exc}") from exc
+
+    def _forget_window(self, user: str | None, kind: str = "training") -> None:
+        """Drop the in-memory window (it ran ahead of its checkpoint): the next use reloads it."""
+        self.windows.pop((kind, user), None)
 
     # ---- training -----------------------------------------------------------------------
     def train_parts(
@@ -229,40 +276,65 @@ class UserController:
         base = {"user": user_label(user), "generic": user is None, "worker": self.worker_index}
         if user is not None:
             self.users_seen.add(user)
+        streaming = data_type == "streaming" and not is_passthrough(self.cfg.window)
+        counts: dict[str, int] = {}
         try:
+            if streaming:
+                win = self._window(user)
+                malicious = self.labels.malicious()
+                win.exclude(malicious)  # verdicts that came after the rows did
+                appended = win.append(frame, work=work.tag if work is not None else None, exclude=malicious)
+                counts = {"window_added": appended.added, "window_duplicates": appended.duplicates}
+                if appended.already_applied:
+                    return TrainResult(**base, rows=len(frame), trained=False,
+                                       reason="already counted by the rolling window (a redelivered message): "
+                                       "nothing to do")
+                if appended.emitted is None:
+                    self._save_window(user)
+                    return TrainResult(**base, rows=len(frame), trained=False, reason=win.waiting_reason(), **counts)
+                # Due: the window is saved only once the model is registered, so an actor or stream
+                # that dies in between finds these rows still new when the batch comes again.
+                frame = appended.emitted
             if work is not None and work.retry:
                 done = self.registry.version_with_tag(self.cfg.source, user, WORK_TAG, work.tag)
                 if done is not None:
                     self.cache.invalidate(self.cfg.source, user)
+                    if streaming:
+                        self._save_window(user)
                     return TrainResult(**base, rows=len(frame), trained=True, model_version=done.label,
-                                       seconds=time.perf_counter() - start,
-                                       reason="registered before its actor restarted; not trained again")
+                                       seconds=time.perf_counter() - start, **counts,
+                                       reason="registered before a restart; not trained again")
             with self._fit_lock:
                 self._fit_id = fit_id
                 try:
-                    fitted = self._fit(user, frame, data_type)
+                    fitted = self._fit(user, frame)
                 finally:
                     self._fit_id, self._finished_fit_id = None, fit_id
                     self._widen.pop(fit_id, None)  # type: ignore[arg-type]
             if isinstance(fitted, str):
-                return TrainResult(**base, rows=len(frame), trained=False, reason=fitted)
+                if streaming:
+                    self._save_window(user)
+                return TrainResult(**base, rows=len(frame), trained=False, reason=fitted, **counts)
             model, report, prepared = fitted
             registering = time.perf_counter()
             tags = {"data_type": data_type, **({WORK_TAG: work.tag} if work is not None else {})}
             ref = write_model(self.registry, source=self.cfg.source, user=user, model=model, report=report,
                               schema=self.schema, prepared=prepared, tags=tags)
             self.cache.put(self.cfg.source, user, model, ref)
-            if data_type == "streaming":  # the emitted window is checkpointed only once registered
-                self._window(user).save(self._window_path(user))
+            if streaming:  # the emitted window is checkpointed only once registered
+                self._save_window(user)
         except Exception as exc:  # noqa: BLE001 - reported in the result, the message goes on
+            if streaming:
+                self._forget_window(user)
             log.exception("training %s failed", user_label(user))
-            return TrainResult(**base, rows=len(frame), trained=False, reason=f"error: {type(exc).__name__}: {exc}")
+            return TrainResult(**base, rows=len(frame), trained=False, reason=f"error: {type(exc).__name__}: {exc}",
+                               retryable=isinstance(exc, RETRYABLE), **counts)
         return TrainResult(
             **base, rows=len(prepared), trained=True, model_version=ref.label,
             seconds=time.perf_counter() - start, fit_seconds=report.seconds,
             register_seconds=time.perf_counter() - registering,
             epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
-            fit_threads=self._last_fit_threads,
+            fit_threads=self._last_fit_threads, **counts,
         )
 
     def widen_fit(self, threads: int, fit_id: str) -> int:
@@ -292,30 +364,40 @@ class UserController:
         self._last_fit_threads = n
         return n
 
-    def _fit(self, user: str | None, frame: UserFrame, data_type: str):
-        """Rolling window (streaming) and the fit: ``(model, report, prepared rows)``, or the
-        reason nothing was trained. Runs under the worker's fit lock."""
-        if data_type == "streaming":
-            win = self._window(user)
-            due = win.append(frame)
-            if due is None:
-                win.save(self._window_path(user))
-                return (f"rolling window holds {len(win.rows)} rows, {win.new_since_emit} new "
-                        f"(needs {self.cfg.window.min_history} and {self.cfg.window.min_increment} new)")
-            # Due: the window is saved after the model is registered (see train), so an actor that
-            # dies in between finds the rows still new when the batch is sent again.
-            frame = due
-        reason = too_few_rows(len(frame), self.cfg.min_train_rows)
+    def _fit(self, user: str | None, frame: UserFrame):
+        """Analyst verdicts, then the fit: ``(model, report, prepared rows)``, or the reason
+        nothing was trained. Runs under the worker's fit lock.
+
+        Rows with a malicious verdict are dropped; rows with a benign verdict (the user's, or
+        everyone's for the generic model) are added, ``labels.benign_weight`` times each, in the
+        training part of the fit (see :mod:`dfp_ray.labels`)."""
+        malicious = self.labels.malicious()
+        if malicious and len(frame):
+            keep = ~row_keys(frame, self.schema.event_id_column).isin(malicious)
+            frame = frame[keep.to_numpy()]
+        benign = self.labels.benign(user)
+        if len(benign):
+            ids = row_keys(frame, self.schema.event_id_column) if len(frame) else pd.Series([], dtype=object)
+            benign = benign[~benign["event_id"].astype(str).isin(set(ids)) & ~benign["event_id"].isin(malicious)]
+        reason = too_few_rows(len(frame) + len(benign), self.cfg.min_train_rows)
         if reason:
             return reason
-        return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads)
+        extra = None
+        if len(benign):
+            weight = self.cfg.labels.benign_weight
+            extra = pd.concat([benign] * weight, ignore_index=True) if weight > 1 else benign
+        return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads, extra_rows=extra)
 
     # ---- inference ----------------------------------------------------------------------
     def model_for(self, user: str):
         """The user's latest model, else the generic one; raises NoModelError with advice."""
-        found = self.cache.get(self.cfg.source, user)
-        if found is None and self.cfg.fallback_to_generic:
-            found = self.cache.get(self.cfg.source, None)
+        try:
+            found = self.cache.get(self.cfg.source, user)
+            if found is None and self.cfg.fallback_to_generic:
+                found = self.cache.get(self.cfg.source, None)
+        except RETRYABLE as exc:  # the registry, not the data: the result is marked retryable
+            self._lookup_failures[user] = exc
+            raise
         if found is None:
             raise NoModelError(
                 f"no model registered for user '{user}' of source '{self.cfg.source}'"
@@ -342,12 +424,46 @@ class UserController:
             self.cache.prefetch(self.cfg.source, wanted)
         except Exception as exc:  # noqa: BLE001 - an optimisation: model_for() reports per user
             log.debug("model prefetch failed: %s", exc)
+        self._lookup_failures = {}
         scored, results = score_users(prepared, s, self.model_for, worker=self.worker_index,
                                       detection=self.cfg.detection)
         elapsed = time.perf_counter() - start
         for r in results:
             r.seconds = elapsed
+            r.retryable = bool(r.error) and r.user in self._lookup_failures
         return scored, filter_detections(scored, self.cfg.detection), results
+
+    def infer_window(self, frame: MappedFrame, work: WorkKey | None) -> tuple[MappedFrame | None, dict[str, int]]:
+        """Streaming inference through the users' inference windows (``window.inference``): the
+        rows due to be scored now, and per user the rows held back. With Morpheus's default
+        (batch mode, 1 / 0) every row is due at once and no window is kept.
+
+        Call :meth:`save_inference_windows` once the scored rows are written."""
+        if is_passthrough(self.cfg.window.inference):
+            return frame, {}
+        s = self.schema
+        due, held = [], {}
+        for user, rows in split_by_user(frame, s.user_column):
+            win = self._window(user, "inference")
+            appended = win.append(rows, work=work.tag if work is not None else None)
+            if appended.emitted is not None:
+                due.append(appended.emitted)
+            else:
+                held[user] = len(win.rows)
+            self._pending_inference.add(user)
+        return concat_parts(due), held
+
+    def save_inference_windows(self) -> None:
+        """Checkpoint the inference windows changed since the last call (after the sink wrote)."""
+        for user in sorted(self._pending_inference):
+            self._save_window(user, "inference")
+        self._pending_inference.clear()
+
+    def forget_inference_windows(self) -> None:
+        """A scoring call failed: drop the changed windows, so the retry starts from the checkpoints."""
+        for user in self._pending_inference:
+            self._forget_window(user, "inference")
+        self._pending_inference.clear()
 
     def invalidate(self, user: str | None) -> None:
         """Forget the cached model (or cached absence) of ``user`` (``None``: the generic model)."""

@@ -3,7 +3,8 @@
 A control-message document (a file, or one Kafka payload) is either ``{"inputs": [msg, ...]}``
 (Morpheus's file format), a single message ``{"tasks": [...], "metadata": {...}}``, or a JSON
 list of messages. Each message names files to load (``load`` tasks with fsspec globs) and what
-to do with them (``training`` or ``inference``), plus how to batch and parse those files.
+to do with them (``training`` or ``inference``), plus how to batch and parse those files; or
+carries analyst verdicts on earlier detections (a ``label`` task, no files).
 
 Why a strict parser: a typo in a control message (``"trainig"``, ``"peroid"``) used to be
 silently ignored or to crash a pipeline stage far from its cause. Here every message is
@@ -21,6 +22,8 @@ from dfp_ray.messages.model import (
     ControlMessage,
     FileToDfOptions,
     InferenceTask,
+    LabelProperties,
+    LabelTask,
     LoadProperties,
     LoadTask,
     MessageMetadata,
@@ -29,6 +32,7 @@ from dfp_ray.messages.model import (
     Task,
     TaskType,
     TrainingTask,
+    Verdict,
 )
 from dfp_ray.messages.parser import parse_control_messages
 from dfp_ray.messages.periods import PeriodSpec, parse_period
@@ -39,6 +43,8 @@ __all__ = [
     "DeadLetterWriter",
     "FileToDfOptions",
     "InferenceTask",
+    "LabelProperties",
+    "LabelTask",
     "LoadProperties",
     "LoadTask",
     "MessageMetadata",
@@ -48,6 +54,7 @@ __all__ = [
     "Task",
     "TaskType",
     "TrainingTask",
+    "Verdict",
     "parse_control_messages",
     "parse_period",
 ]

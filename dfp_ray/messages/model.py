@@ -30,6 +30,7 @@ class TaskType(str, Enum):
     LOAD = "load"
     TRAINING = "training"
     INFERENCE = "inference"
+    LABEL = "label"
 
 
 TASK_NAMES = ", ".join(t.value for t in TaskType)
@@ -61,20 +62,88 @@ class LoadTask(BaseModel):
     properties: LoadProperties
 
 
+def _check_work_properties(value: dict[str, Any]) -> dict[str, Any]:
+    """The properties of a training / inference task that dfp_ray reads (the rest pass through):
+    ``users`` (only these users' rows) and ``generic`` (training: also the generic model)."""
+    users = value.get("users")
+    if users is not None:
+        if not isinstance(users, list) or not users or not all(isinstance(u, str) and u.strip() for u in users):
+            raise ValueError("users must be a non-empty list of user names, e.g. [\"alice@example.com\"]")
+    generic = value.get("generic")
+    if generic is not None and not isinstance(generic, bool):
+        raise ValueError("generic must be true or false")
+    return value
+
+
 class TrainingTask(BaseModel):
-    """A training task. Its properties are passed to the trainer as-is (Morpheus sends ``{}``)."""
+    """A training task. Morpheus sends ``{}``. ``users`` (a list) trains only those users'
+    models on the message's files ("retrain alice on these files now"); ``generic`` (default:
+    true without ``users``, false with them) says whether the generic model trains too. Other
+    properties are kept as they are."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal[TaskType.TRAINING]
     properties: dict[str, Any] = Field(default_factory=dict)
 
+    _users = field_validator("properties")(classmethod(lambda cls, v: _check_work_properties(v)))
+
 
 class InferenceTask(BaseModel):
-    """An inference task. Its properties are passed to the scorer as-is (Morpheus sends ``{}``)."""
+    """An inference task. Morpheus sends ``{}``. ``users`` (a list) scores only those users'
+    rows of the message's files. Other properties are kept as they are."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal[TaskType.INFERENCE]
     properties: dict[str, Any] = Field(default_factory=dict)
+
+    _users = field_validator("properties")(classmethod(lambda cls, v: _check_work_properties(v)))
+
+
+MAX_VERDICTS = 100_000  # per label task; a label message names events, it never needs millions
+
+
+class Verdict(BaseModel):
+    """An analyst's verdict on one earlier detection (by its ``event_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=512, description="The event id of the detection row.")
+    verdict: Literal["benign", "malicious"]
+    user: str | None = Field(None, max_length=512, description="The user the event belongs to (optional).")
+    note: str | None = Field(None, max_length=4096, description="Free text for the record (optional).")
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class LabelProperties(BaseModel):
+    """Properties of a ``label`` task: the verdicts, at least one, each event id once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdicts: list[Verdict] = Field(min_length=1, max_length=MAX_VERDICTS)
+
+    @field_validator("verdicts")
+    @classmethod
+    def _unique(cls, value: list[Verdict]) -> list[Verdict]:
+        seen: dict[str, int] = {}
+        for i, v in enumerate(value):
+            if v.event_id in seen:
+                raise ValueError(f"event id {v.event_id!r} has two verdicts (verdicts[{seen[v.event_id]}] and "
+                                 f"verdicts[{i}]): keep one")
+            seen[v.event_id] = i
+        return value
+
+
+class LabelTask(BaseModel):
+    """Analyst verdicts on earlier detections: benign rows join their user's next training data,
+    malicious ones are kept out of every future training (see docs/streaming.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal[TaskType.LABEL]
+    properties: LabelProperties
 
 
 def _task_tag(value: Any) -> str | None:
@@ -87,7 +156,8 @@ def _task_tag(value: Any) -> str | None:
 Task = Annotated[
     Annotated[LoadTask, Tag("load")]
     | Annotated[TrainingTask, Tag("training")]
-    | Annotated[InferenceTask, Tag("inference")],
+    | Annotated[InferenceTask, Tag("inference")]
+    | Annotated[LabelTask, Tag("label")],
     Discriminator(
         _task_tag,
         custom_error_type="unknown_task_type",
@@ -318,6 +388,14 @@ class ControlMessage(BaseModel):
     @model_validator(mode="after")
     def _check_tasks(self) -> ControlMessage:
         kinds = {t.type for t in self.tasks}
+        if TaskType.LABEL in kinds:
+            others = sorted(k.value for k in kinds - {TaskType.LABEL})
+            if others:
+                raise ValueError(
+                    f"a label message holds only label tasks (it also has {', '.join(others)}): send the "
+                    "verdicts in a message of their own, then a training message to retrain on them"
+                )
+            return self
         if TaskType.TRAINING in kinds and TaskType.INFERENCE in kinds:
             where = {
                 t.type.value: i for i, t in reversed(list(enumerate(self.tasks))) if t.type != TaskType.LOAD
@@ -347,8 +425,10 @@ class ControlMessage(BaseModel):
         return list(seen)
 
     @property
-    def kind(self) -> Literal["training", "inference", "load_only"]:
+    def kind(self) -> Literal["training", "inference", "load_only", "label"]:
         kinds = {t.type for t in self.tasks}
+        if TaskType.LABEL in kinds:
+            return "label"
         if TaskType.TRAINING in kinds:
             return "training"
         if TaskType.INFERENCE in kinds:
@@ -360,12 +440,30 @@ class ControlMessage(BaseModel):
         return self.metadata.data_type
 
     def task_properties(self) -> dict[str, Any]:
-        """Properties of the training/inference task(s), merged in order ({} for load-only)."""
+        """Properties of the training/inference task(s), merged in order ({} for load-only and label)."""
         merged: dict[str, Any] = {}
         for task in self.tasks:
-            if not isinstance(task, LoadTask):
+            if isinstance(task, (TrainingTask, InferenceTask)):
                 merged.update(task.properties)
         return merged
+
+    @property
+    def users(self) -> list[str] | None:
+        """The users a training / inference message is limited to (``properties.users``), or None."""
+        users = self.task_properties().get("users")
+        return list(dict.fromkeys(users)) if users else None
+
+    @property
+    def trains_generic(self) -> bool:
+        """Training: does this message train the generic model (``properties.generic``; default:
+        yes, unless it names ``users``)?"""
+        generic = self.task_properties().get("generic")
+        return bool(generic) if generic is not None else self.users is None
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """The verdicts of a label message, in order (event ids unique within each task)."""
+        return [v for t in self.tasks if isinstance(t, LabelTask) for v in t.properties.verdicts]
 
     def files_field(self) -> str:
         """Field path of the first load task's globs, for rejections about files."""

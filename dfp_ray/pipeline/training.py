@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pandas as pd
+
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder, TrainingReport
 from dfp_ray.pipeline.data_prep import prepare_features
 from dfp_ray.pipeline.frames import PreparedFrame, UserFrame
@@ -28,6 +30,7 @@ def train_model(
     *,
     threads: int | Callable[[], int] | None = None,
     prior: DFPAutoencoder | None = None,
+    extra_rows: PreparedFrame | None = None,
 ) -> tuple[DFPAutoencoder, TrainingReport, PreparedFrame]:
     """Data prep, then fit: ``(model, report, prepared rows)``.
 
@@ -36,8 +39,13 @@ def train_model(
     ``prior`` (optional): the generic model, a prior for the user's loss statistics
     (``params.prior_rows``). Numeric features are never scaled below the unit the schema
     declares for them (counters: one event).
+    ``extra_rows``: rows already prepared (analyst-confirmed benign events, see
+    :mod:`dfp_ray.labels`) placed before the time-ordered rows, so they are always in the
+    training part of the split, never in its validation tail.
     """
     prepared = prepare_features(frame, schema)
+    if extra_rows is not None and len(extra_rows):
+        prepared = pd.concat([extra_rows.reindex(columns=prepared.columns), prepared], ignore_index=True)
     model = DFPAutoencoder(
         categorical=schema.features.categorical, numeric=schema.features.numeric,
         binary=schema.features.binary, params=params, numeric_scale=schema.numeric_scales(),

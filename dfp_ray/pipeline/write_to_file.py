@@ -11,6 +11,10 @@ Every run writes files of its own, and a later run never destroys what an earlie
 - a run that scored nothing (only training, or every message rejected) or that was killed
   leaves the published files as they were; a killed run's rows stay in its ``.partial``
   folder. The last ``output.keep_runs`` completed runs are kept.
+- a *live* run (``dfp-ray stream``) is published when it starts and keeps appending to its
+  files afterwards: the published name is a hard link to the run's file, so every row is
+  visible there as soon as it is durable. A restarted stream resumes the same run (its id is
+  kept in the state directory) and its files. Live runs are marked (``.live``) and never pruned.
 
 A row is written once per run: :class:`TableWriter` remembers the event ids it wrote (and
 reads them back from its file after a restart), so a retried write after a crashed actor
@@ -36,6 +40,7 @@ from dfp_ray.readers.storage import open_fs
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+LIVE_MARKER = ".live"
 ROW_KEY = "event_id"
 
 
@@ -119,6 +124,13 @@ class TableWriter:
             return buf.getvalue()
         return df.to_json(orient="records", lines=True, date_format="iso") if len(df) else ""
 
+    def unwritten(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``df`` this file does not hold yet (each once)."""
+        if df.empty:
+            return df
+        keys = row_keys(df)
+        return df[(~keys.isin(self._keys) & ~keys.duplicated()).to_numpy()]
+
     def write(self, df: pd.DataFrame) -> int:
         """Append serialized rows (:func:`~dfp_ray.pipeline.serialize.serialize`) not written
         before; returns how many were new, once they are durable."""
@@ -177,8 +189,12 @@ class RunOutput:
         self.storage_options = storage_options or {}
         self.root = cfg.directory.rstrip("/")
         self.local = is_local(self.root)
-        suffix = PARTIAL_SUFFIX if self.local else ""
-        self.folder = f"{self.root}/runs/{run_id}{suffix}"
+        done = f"{self.root}/runs/{run_id}"
+        # A run already published (a live run that restarted) keeps writing where it is.
+        published = self.local and Path(done.removeprefix("file://")).is_dir()
+        suffix = PARTIAL_SUFFIX if self.local and not published else ""
+        self.folder = f"{done}{suffix}"
+        self.live = False
         self.mode = int(cfg.file_mode, 8)
         self.detections = self._writer(scores=False)
         self.scores = self._writer(scores=True) if cfg.write_all_scores else None
@@ -186,6 +202,31 @@ class RunOutput:
     def _writer(self, *, scores: bool) -> TableWriter:
         url = f"{self.folder}/{output_name(self.cfg, self.source, scores=scores)}"
         return TableWriter(url, self.cfg.format, mode=self.mode, storage_options=self.storage_options)
+
+    def go_live(self) -> dict[str, str | None]:
+        """Publish the run now and keep writing to it (a stream): every row written from here
+        on is visible under the published name as soon as it is durable. Idempotent (a
+        restarted stream calls it again, which also takes the published name back)."""
+        paths = self.publish()
+        self.live = True
+        if self.local:
+            done = Path(self.folder.removeprefix("file://"))
+            (done / LIVE_MARKER).touch(mode=0o600, exist_ok=True)
+            # The writers follow the folder to its published place (and re-read what it holds).
+            self.detections = self._writer(scores=False)
+            self.scores = self._writer(scores=True) if self.cfg.write_all_scores else None
+        return paths
+
+    def refresh_published(self) -> None:
+        """Object stores: copy a live run's objects over the published ones (no hard links there)."""
+        if self.local or not self.live:
+            return
+        for w in (self.detections, self.scores):
+            if w is None:
+                continue
+            fs, path = open_fs(w.url, self.storage_options)
+            if fs.exists(path):
+                fs.copy(path, f"{open_fs(self.root, self.storage_options)[1]}/{path.rsplit('/', 1)[-1]}")
 
     def publish(self) -> dict[str, str | None]:
         """Make this run's files the published ones; returns the published paths."""
@@ -196,7 +237,9 @@ class RunOutput:
             for w in writers:  # a run with no detections still publishes (an empty file)
                 w._append_local("")
             done = folder.with_name(folder.name.removesuffix(PARTIAL_SUFFIX))
-            os.replace(folder, done)
+            if folder != done:
+                os.replace(folder, done)
+            self.folder = str(done)
             for w in writers:
                 name = Path(w.url).name
                 target = done.parent.parent / name
@@ -225,8 +268,10 @@ class RunOutput:
         }
 
     def _prune(self, runs: Path) -> None:
-        """Keep the newest ``keep_runs`` completed runs (run ids sort by their start time)."""
-        done = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX))
+        """Keep the newest ``keep_runs`` completed runs (run ids sort by their start time); live
+        runs (a stream's, marked ``.live``) are never pruned: delete them yourself when done."""
+        done = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
+                      and not (p / LIVE_MARKER).exists())
         for old in done[: max(0, len(done) - self.cfg.keep_runs)]:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -14,10 +14,9 @@ scored here gets the scores ``dfp-ray run`` gives it when both see the same same
    pipeline config's detection rule decides each record's ``detection``.
 
 Whatever those functions add (thresholds, explanation columns, time features) reaches the
-answer without a change here: extra keyword arguments that :func:`score_users` accepts
-(``detection``, ``prior``) are passed when its signature has them, and explanation columns
-``driver_<i>...`` are used when present. Without them the top features are the largest
-``<f>_z_loss`` of the record (:func:`top_features`).
+answer without a change here: the pipeline's detection rule is passed to :func:`score_users`,
+and its explanation columns ``driver_<i>...`` are used when present (detections). Without
+them the top features are the largest ``<f>_z_loss`` of the record (:func:`top_features`).
 
 The Serve side (:mod:`.dfp_deployment`) and the in-process scorer (:mod:`.dfp_scorer`) hold
 the slots; this module only computes.
@@ -25,7 +24,6 @@ the slots; this module only computes.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import threading
@@ -57,7 +55,6 @@ POS = "_source_file"
 _SOURCE_FILE = POS
 Z_SUFFIX = "_z_loss"
 MAX_EXPLAINED_DROPS = 200  # dropped records whose reason is worked out one by one (error path only)
-_SCORE_KWARGS = frozenset(inspect.signature(score_users).parameters)
 
 
 class NoModelError(LookupError):
@@ -303,13 +300,7 @@ class SourceRuntime:
                 raise NoModelError(r.reason)
             return r.model, r.ref
 
-        extra: dict[str, Any] = {}
-        if "detection" in _SCORE_KWARGS:
-            extra["detection"] = self.cfg.detection
-        if "prior" in _SCORE_KWARGS and self.cfg.fallback_to_generic:
-            generic = next((slots[u].resolution.generic for u in users if slots[u].resolution.generic), None)
-            extra["prior"] = lambda: generic
-        scored, results = _quiet(score_users, fresh, s, resolver, **extra)
+        scored, results = _quiet(score_users, fresh, s, resolver, detection=self.cfg.detection)
         detected = np.zeros(len(scored), dtype=bool)
         if len(scored):
             detections = filter_detections(scored, self.cfg.detection)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MessageKind = Literal["training", "inference", "load_only"]
+MessageKind = Literal["training", "inference", "load_only", "label"]
 DataType = Literal["payload", "streaming"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|millis|milliseconds?|s|sec|seconds?|m|min|minutes?|h|hours?)?\s*$")
