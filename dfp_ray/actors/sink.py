@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ray
 
+from dfp_ray import metrics
 from dfp_ray.config import DFPConfig
 from dfp_ray.pipeline.frames import DetectionFrame, ScoredFrame
 from dfp_ray.pipeline.serialize import serialize
@@ -39,7 +40,7 @@ class SinkActor:
             written.detections = run.detections.write(serialize(detections, self.cfg.output))
         if run.scores is not None and scores is not None and len(scores):
             written.scores = run.scores.write(serialize(scores, self.cfg.output))
-        return written
+        return metrics.rows_written(written, self.cfg.source)
 
     def publish(self, run_id: str) -> dict[str, str | None]:
         """Switch the published files to this run's (atomically); see :class:`RunOutput`."""

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from dfp_ray import metrics
 from dfp_ray.config import DFPConfig
 from dfp_ray.messages import BatchingOptions, FileToDfOptions
 from dfp_ray.pipeline.data_prep import prepare_features
@@ -298,6 +299,7 @@ class UserController:
         if data_type == "streaming":
             win = self._window(user)
             due = win.append(frame)
+            metrics.windows_held(self.worker_index, self.windows)
             if due is None:
                 win.save(self._window_path(user))
                 return (f"rolling window holds {len(win.rows)} rows, {win.new_since_emit} new "
