@@ -9,7 +9,9 @@ in ``cluster/grafana/`` is generated from the same table (``python -m dfp_ray.me
 Ray exports them, with its own, from every node's metrics agent in Prometheus text format
 (``ray.init(_metrics_export_port=...)`` or ``ray start --metrics-export-port``); Ray prefixes
 each name with ``ray_`` (``dfp_messages_total`` is scraped as ``ray_dfp_messages_total``) and
-adds tags such as ``SessionName`` and ``NodeAddress``. Values are pushed to the agent every few
+adds tags such as ``SessionName`` and ``NodeAddress``. A histogram's ``_count`` is exact but
+Ray 2.60 reports its ``_sum`` from bucket midpoints, so every total that matters (rows,
+seconds) is also a counter. Values are pushed to the agent every few
 seconds (Ray's ``metrics_report_interval_ms``), so a scrape lags the pipeline by that much.
 
 Tags are bounded on purpose: no metric is labelled per user (100,000 users would be 100,000
@@ -85,7 +87,12 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in [
           "due) or failed.", ["source", "generic"]),
     _spec("dfp_message_seconds", "histogram", "Wall time of one control message in the router.",
           ["source", "kind"], SECONDS_BUCKETS),
-    # -- training, per model (distributions over users; the per-user figures are in MLflow)
+    # -- training, per model (totals, and distributions over users; the per-user figures are in
+    #    MLflow). Ray computes a histogram's _sum from bucket midpoints, so exact totals are counters.
+    _spec("dfp_training_rows_total", "counter", "Rows the trained models were fitted on, summed over models.",
+          ["source", "generic"]),
+    _spec("dfp_training_seconds_total", "counter", "Seconds spent fitting models, summed over models.",
+          ["source", "generic"]),
     _spec("dfp_training_seconds", "histogram", "Seconds to fit one model (one user, or the generic model).",
           ["source", "generic"], SECONDS_BUCKETS),
     _spec("dfp_training_rows", "histogram", "Rows one model was trained on.", ["source", "generic"],
@@ -186,8 +193,11 @@ def message_done(result: MessageResult, source: str) -> None:
     record("dfp_users_without_model_total", sum(1 for r in result.inferred if r.error), source=source)
     for res in result.trained:
         generic = str(res.generic).lower()
+        fit_seconds = res.fit_seconds or res.seconds
         record("dfp_models_trained_total", 1, source=source, generic=generic)
-        record("dfp_training_seconds", res.fit_seconds or res.seconds, source=source, generic=generic)
+        record("dfp_training_rows_total", res.rows, source=source, generic=generic)
+        record("dfp_training_seconds_total", fit_seconds, source=source, generic=generic)
+        record("dfp_training_seconds", fit_seconds, source=source, generic=generic)
         record("dfp_training_rows", res.rows, source=source, generic=generic)
         if res.register_seconds:
             record("dfp_registry_call_seconds", res.register_seconds, op="register")

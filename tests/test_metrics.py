@@ -100,7 +100,7 @@ def ray_with_metrics() -> Iterator[int]:
 
 def test_scraped_counters_match_the_run_summaries(ray_with_metrics, tmp_path):
     from dfp_ray.config import load_config
-    from dfp_ray.runner import Pipeline, run
+    from dfp_ray.runner import run
     from dfp_ray.tools.datagen import DatagenConfig, generate
 
     data = tmp_path / "data"
@@ -117,12 +117,10 @@ def test_scraped_counters_match_the_run_summaries(ray_with_metrics, tmp_path):
     outside.write_text(json.dumps({"inputs": [{"tasks": [
         {"type": "load", "properties": {"files": [str(tmp_path / "elsewhere" / "*.json")]}},
         {"type": "inference", "properties": {}}], "metadata": {"data_type": "payload"}}]}))
-    pipe = Pipeline(cfg)
-    try:
-        train = run(cfg, [str(msgs / "duo_payload_training.json")], pipeline=pipe, progress=False)
-        infer = run(cfg, [str(msgs / "duo_payload_inference.json"), str(outside)], pipeline=pipe, progress=False)
-    finally:
-        pipe.shutdown()
+    # training, then inference on a fresh pool (as a new run would be): the inference actors'
+    # caches are cold, so every user's model is looked up and loaded from the registry
+    train = run(cfg, [str(msgs / "duo_payload_training.json")], progress=False)
+    infer = run(cfg, [str(msgs / "duo_payload_inference.json"), str(outside)], progress=False)
     assert train.ok and infer.rejected == 1 and infer.rows_scored > 0, (train.rejections, infer.rejections)
     runs = [train, infer]
 
@@ -154,17 +152,21 @@ def test_scraped_counters_match_the_run_summaries(ray_with_metrics, tmp_path):
     # training: one histogram observation per model, rows summed over models
     trained = [t for r in runs for m in r.messages_detail for t in m.trained]
     assert scrape.total("ray_dfp_training_rows_count", source="duo") == len(trained)
-    assert scrape.total("ray_dfp_training_rows_sum", source="duo") == sum(t.rows for t in trained)
+    assert scrape.counter("dfp_training_rows_total", source="duo") == sum(t.rows for t in trained)
+    assert scrape.counter("dfp_training_seconds_total") == pytest.approx(sum(t.fit_seconds for t in trained))
     assert scrape.total("ray_dfp_training_seconds_count", generic="true") == 1
-    # registry latency: each registration, and the inference's lookups and model loads
+    # registry latency: each registration, and the cold inference's bulk lookups and model loads
+    scored_users = {u.user for m in infer.messages_detail for u in m.inferred if not u.error}
+    loads = scrape.counter("dfp_model_cache_loads_total")
     assert scrape.total("ray_dfp_registry_call_seconds_count", op="register") == len(trained)
-    assert scrape.total("ray_dfp_registry_call_seconds_count", op="load") >= 1
-    assert scrape.counter("dfp_model_cache_lookups_total", result="miss") >= 1
-    assert scrape.counter("dfp_model_cache_lookups_total", result="hit") >= 1
-    # nothing left in flight once the runs returned
+    assert scrape.total("ray_dfp_registry_call_seconds_count", op="load") == loads >= len(scored_users) == 3
+    assert scrape.total("ray_dfp_registry_call_seconds_count", op="latest_many") >= 1
+    assert scrape.counter("dfp_model_cache_lookups_total", result="miss") >= len(scored_users)
+    assert scrape.counter("dfp_model_cache_lookups_total", result="hit") >= len(scored_users)  # after the prefetch
+    # nothing left in flight once the run returned (the training run's actors, gone, no longer report)
     in_flight = [(lab, v) for n, lab, v in scrape.samples if n == "ray_dfp_in_flight"]
     assert in_flight and all(v == 0 for _, v in in_flight), in_flight
-    assert {lab["work"] for lab, _ in in_flight} >= {"message", "load", "train", "infer"}
+    assert {lab["work"] for lab, _ in in_flight} >= {"message", "load", "infer"}
 
 
 def test_every_declared_metric_has_a_grafana_panel_and_the_file_is_current():

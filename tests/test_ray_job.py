@@ -116,26 +116,27 @@ class RayHead:
             return ""
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM ``ray start --block`` (it stops the processes it started), then SIGKILL every
-        PID recorded under it that is still there."""
+        """Stop ``ray start --block`` and every process recorded under it (GCS, raylet, dashboard,
+        workers): SIGTERM, then SIGKILL for any still there after ``grace`` seconds. (A SIGTERM
+        ends ``ray start --block`` alone; the processes it started would live on.)"""
         proc, self.proc = self.proc, None
         if proc is None:
             return
         self.pids.update(descendants(proc.pid))
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *self.pids]:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         while (left := [p for p in self.pids if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.25)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
