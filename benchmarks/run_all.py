@@ -22,6 +22,7 @@ BENCHMARKS = [
     ("bench_fingerprint.py", False),
     ("bench_serve_fingerprint.py", False),
     ("bench_kafka.py", False),
+    ("bench_registry_db.py", False),
 ]
 
 

@@ -199,6 +199,6 @@ def test_dfp_ray_run_as_a_ray_job(ray_head, tmp_path, monkeypatch):
     assert summary_value(logs, "users trained") == 4  # 3 users + the generic model
     assert len(scores) == summary_value(logs, "rows scored") > 0
     assert len(detections) == summary_value(logs, "detections")
-    assert set(scores["username"]) == set(pd.read_csv(data / "duo" / "ground_truth.csv")["username"])
+    assert scores["username"].nunique() == summary_value(logs, "users scored") == 3
     assert scores["model_version"].str.match(r"DFP-duo-.+:1$").all()
     assert (state / "mlflow.db").is_file()  # the registry went where the absolute --state-dir says

@@ -42,3 +42,17 @@ def test_the_server_keeps_its_registry_in_postgres(server, postgres_server):
         engine.dispose()
     assert any(n.startswith("DFP-duo-") for n in names), names
     assert not list(server.workdir.glob("*.db"))
+
+
+def test_the_shipped_production_config_reaches_the_server(server):
+    """configs/registry_postgres.yaml, pointed at this server, finds what the pipeline registered."""
+    from pathlib import Path
+
+    from dfp_ray.config import load_config
+    from dfp_ray.registry import ModelRegistry
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "registry_postgres.yaml"
+    cfg = load_config(path, {"mlflow.tracking_uri": server.uri})
+    registry = ModelRegistry.from_config(cfg)
+    assert registry.artifact_location is None  # the server's artifact store, as the config says
+    assert registry.latest("duo", None) is not None  # the generic model the pipeline test trained
