@@ -13,18 +13,22 @@ resolves the latest versions of its users (``ModelRegistry.latest_many``: ``name
   local artifacts), to separate the database's cost from the server's.
 
 The stores are seeded with ``--models`` registered models, one version each with the tags a
-real registration carries, through MLflow's own store API in-process (fast, and not what is
-measured). Then, for each path: ``register`` (a full dfp_ray registration of a Morpheus-sized
-model: run, params, metrics, logged model, artifacts, version; median of ``--registrations``),
-``latest`` of one user, ``latest_many`` of 100 users (one inference call of one actor), and
-``latest_many`` of every user (a cold pool resolving all its users). PostgreSQL runs with its
-durable defaults (fsync on), on 127.0.0.1, as does sqlite (a commit is an fsync).
+real registration carries (one made through MLflow's API, its table rows copied: fast, and
+not what is measured). Then, in ``--rounds`` rounds that visit every path in turn (so a load
+spike on a shared machine hits all paths alike), each path times once: ``register`` (a full
+dfp_ray registration of a Morpheus-sized model into a new registered model: run, params,
+metrics, logged model, artifacts, version), ``latest`` of one user, ``latest_many`` of 100
+users (one inference call of one actor), ``latest_many`` of every user (a cold pool resolving
+all its users), and ``load`` of one model (what a model-cache miss costs: artifacts read in
+place, or downloaded through the server). Medians are printed. PostgreSQL runs with its
+durable defaults (fsync on) on 127.0.0.1; sqlite commits are fsyncs too.
 
-    python benchmarks/bench_registry_db.py [--models 10000] [--registrations 20] [--repeat 15]
+    python benchmarks/bench_registry_db.py [--models 10000] [--rounds 9]
 
 Needs PostgreSQL binaries (``make bench`` installs them with apt when missing) and
 psycopg2-binary (test extra); without PostgreSQL only the sqlite columns are measured.
-Timings on a shared 2-core machine are noisy: compare the columns of one run.
+Timings on a shared 2-core machine are noisy (the load average is printed): compare the
+columns of one run.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,27 +55,54 @@ def user_name(i: int) -> str:
     return f"user{i:06d}@corp.example"  # dotted: the safe-name hash path, as real e-mail user names
 
 
-def seed(db_uri: str, n: int, threads: int) -> float:
-    """Register ``n`` models (one version each) straight through MLflow's store; returns models/s."""
+TEMPLATE_USER = "seed.template"
+SEED_TABLES = ("registered_models", "registered_model_tags", "model_versions", "model_version_tags")
+
+
+def seed(db_uri: str, n: int) -> float:
+    """Fill the store with ``n`` registered models of one version each; returns models/s.
+
+    One model is registered through MLflow's API (so every column, tag and default is MLflow's
+    own), then its rows in MLflow's tables are copied ``n`` times under the seeded users' names
+    in one transaction: seconds instead of the hours ``n`` API registrations would take on a
+    busy 2-core machine. The lookups measured afterwards see exactly what API-made models give."""
+    import sqlalchemy
     from mlflow import MlflowClient
 
     from dfp_ray.registry.names import registered_model_name, safe_user_name
 
     client = MlflowClient(tracking_uri=db_uri, registry_uri=db_uri)
-    client.search_registered_models(max_results=1)  # creates the tables once, before the threads
-
-    def one(i: int) -> None:
-        user = user_name(i)
-        name = registered_model_name(SOURCE, user)
-        client.create_registered_model(name, tags={"source": SOURCE, "user": user})
-        client.create_model_version(name, source=f"models:/m-seed{i:06d}", tags={
-            "source": SOURCE, "user": user, "generic": "false", "safe_user": safe_user_name(user),
-            "dfp_ray_version": "0.1.0", "rows": "300", "first_event": "2022-08-01T00:00:00+00:00",
-            "last_event": "2022-08-29T23:59:59+00:00"})
-
+    template = registered_model_name(SOURCE, TEMPLATE_USER)
+    client.create_registered_model(template, tags={"source": SOURCE, "user": TEMPLATE_USER})
+    client.create_model_version(template, source="s3://dfp-bench-seed/models/template", tags={
+        "source": SOURCE, "user": TEMPLATE_USER, "generic": "false", "safe_user": safe_user_name(TEMPLATE_USER),
+        "dfp_ray_version": "0.1.0", "rows": "300", "first_event": "2022-08-01T00:00:00+00:00",
+        "last_event": "2022-08-29T23:59:59+00:00"})
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(one, range(n)))
+    engine = sqlalchemy.create_engine(db_uri)
+    meta = sqlalchemy.MetaData()
+    try:
+        with engine.begin() as conn:
+            for table_name in SEED_TABLES:
+                table = sqlalchemy.Table(table_name, meta, autoload_with=engine)
+                rows = conn.execute(sqlalchemy.select(table).where(table.c.name == template)).mappings().all()
+                assert rows, f"the template model has no rows in {table_name}"
+                batch: list[dict] = []
+                for i in range(n):
+                    user = user_name(i)
+                    values = {"user": user, "safe_user": safe_user_name(user)}
+                    for row in rows:
+                        copy = dict(row, name=registered_model_name(SOURCE, user))
+                        if "key" in copy and copy["key"] in values:
+                            copy["value"] = values[copy["key"]]
+                        batch.append(copy)
+                    if len(batch) >= 5000:
+                        conn.execute(table.insert(), batch)
+                        batch = []
+                if batch:
+                    conn.execute(table.insert(), batch)
+    finally:
+        engine.dispose()
     return n / (time.perf_counter() - started)
 
 
@@ -97,39 +127,53 @@ def trained_model():
     return schema, model, report
 
 
-def median_s(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
+def model_bytes(model) -> int:
+    """Bytes of one model's weights as saved (what each cached model roughly holds in memory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "m")
+        return sum(p.stat().st_size for p in (Path(tmp) / "m").rglob("*") if p.is_file())
+
+
+OPS = ("register_s", "latest_ms", "latest_many_100_ms", "latest_many_all_s", "load_ms")
+
+
+class Path_:
+    """One way to reach a store, warmed up, with its own timed operations."""
+
+    def __init__(self, label: str, registry, n: int, trained) -> None:
+        import datetime as dt
+
+        self.label, self.registry = label, registry
+        self.schema, self.model, self.report = trained
+        self.when = dt.datetime(2022, 8, 30, tzinfo=dt.UTC)
+        self.counter = itertools.count()
+        registry.warm_up(self.model, self.schema)
+        self.register()  # the first registration of a process creates experiments etc.: not counted
+        self.loaded = registry.latest(SOURCE, f"bench.{label}.0")
+        self.users = [user_name(i) for i in range(n)]
+        self.hundred = self.users[n // 2: n // 2 + 100]
+        found = registry.latest_many(SOURCE, self.users)
+        assert sum(v is not None for v in found.values()) == n, f"{label}: bulk lookup missed seeded models"
+        self.times: dict[str, list[float]] = {op: [] for op in OPS}
+
+    def register(self) -> None:  # a new user each time: a new registered model, as a first training makes
+        self.registry.register(source=SOURCE, user=f"bench.{self.label}.{next(self.counter)}", model=self.model,
+                               report=self.report, schema=self.schema, first_event=self.when, last_event=self.when)
+
+    def _time(self, op: str, fn: Callable[[], object], scale: float = 1.0) -> None:
         started = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        self.times[op].append(scale * (time.perf_counter() - started))
 
+    def one_round(self) -> None:
+        self._time("register_s", self.register)
+        self._time("latest_ms", lambda: self.registry.latest(SOURCE, self.hundred[1]), 1000)
+        self._time("latest_many_100_ms", lambda: self.registry.latest_many(SOURCE, self.hundred), 1000)
+        self._time("latest_many_all_s", lambda: self.registry.latest_many(SOURCE, self.users))
+        self._time("load_ms", lambda: self.registry.load(self.loaded, device="cpu"), 1000)
 
-def measure(label: str, registry, n: int, trained, registrations: int, repeat: int) -> dict[str, float]:
-    import datetime as dt
-
-    schema, model, report = trained
-    when = dt.datetime(2022, 8, 30, tzinfo=dt.UTC)
-    registry.warm_up(model, schema)
-    counter = itertools.count()
-
-    def register() -> None:  # a new user each time: a new registered model, as a first training does
-        registry.register(source=SOURCE, user=f"bench.{label}.{next(counter)}", model=model, report=report,
-                          schema=schema, first_event=when, last_event=when)
-
-    register()  # the first registration of a process opens experiments etc.: not counted
-    users = [user_name(i) for i in range(n)]
-    hundred = users[n // 2: n // 2 + 100]
-    assert registry.latest(SOURCE, hundred[0]) is not None, "the store was not seeded"
-    found = registry.latest_many(SOURCE, users)
-    assert sum(v is not None for v in found.values()) == n, "bulk lookup missed seeded models"
-    return {
-        "register_s": median_s(register, registrations),
-        "latest_ms": 1000 * median_s(lambda: registry.latest(SOURCE, hundred[1]), repeat),
-        "latest_many_100_ms": 1000 * median_s(lambda: registry.latest_many(SOURCE, hundred), repeat),
-        "latest_many_all_s": median_s(lambda: registry.latest_many(SOURCE, users), max(1, repeat // 5)),
-    }
+    def medians(self) -> dict[str, float]:
+        return {op: statistics.median(t) for op, t in self.times.items()}
 
 
 @contextlib.contextmanager
@@ -143,11 +187,10 @@ def server(workdir: Path, backend: str) -> Iterator[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=10_000, help="registered models in each store (default 10,000)")
-    ap.add_argument("--registrations", type=int, default=20, help="registrations timed per path (median)")
-    ap.add_argument("--repeat", type=int, default=15, help="repeats of each lookup (median)")
-    ap.add_argument("--seed-threads", type=int, default=4, help="threads seeding PostgreSQL")
+    ap.add_argument("--rounds", type=int, default=9, help="rounds; each times every operation once on every path")
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run ..." line per registration
     from dfp_ray.registry import ModelRegistry
     from dfp_ray.registry.mlflow_env import quiet_mlflow
 
@@ -155,47 +198,45 @@ def main() -> int:
     from postgres_server import running_postgres, unavailable_reason
 
     work = Path(tempfile.mkdtemp(prefix="dfp_bench_registry_"))
-    results: dict[str, dict[str, float]] = {}
     seeded: dict[str, float] = {}
     trained = trained_model()
+    paths: list[Path_] = []
     try:
-        sqlite_uri = f"sqlite:///{work / 'sqlite' / 'mlflow.db'}"
-        (work / "sqlite").mkdir()
-        seeded["sqlite"] = seed(sqlite_uri + "?timeout=60", args.models, threads=1)  # one writer at a time
-        print(f"seeded sqlite with {args.models:,} models at {seeded['sqlite']:.0f} models/s", flush=True)
-        results["sqlite"] = measure("sqlite", ModelRegistry(sqlite_uri), args.models, trained, args.registrations, args.repeat)
-        print("sqlite", results["sqlite"], flush=True)
-        with server(work / "sqlite-server", sqlite_uri) as uri:
-            results["sqlite+server"] = measure("sqlite-server", ModelRegistry(uri), args.models, trained, args.registrations,
-                                               args.repeat)
-        print("sqlite+server", results["sqlite+server"], flush=True)
-
-        reason = unavailable_reason()
-        if reason:
-            print(f"PostgreSQL columns skipped: {reason}")
-        else:
-            with running_postgres(durable=True) as pg:
+        with contextlib.ExitStack() as stack:
+            sqlite_uri = f"sqlite:///{work / 'sqlite' / 'mlflow.db'}"
+            (work / "sqlite").mkdir()
+            seeded["sqlite"] = seed(sqlite_uri + "?timeout=60", args.models)
+            paths.append(Path_("sqlite", ModelRegistry(sqlite_uri), args.models, trained))
+            uri = stack.enter_context(server(work / "sqlite-server", sqlite_uri))
+            paths.append(Path_("sqlite+server", ModelRegistry(uri), args.models, trained))
+            reason = unavailable_reason()
+            if reason:
+                print(f"PostgreSQL columns skipped: {reason}")
+            else:
+                pg = stack.enter_context(running_postgres(durable=True))
                 pg_uri = pg.create_database("mlflow")
-                seeded["postgres"] = seed(pg_uri, args.models, threads=args.seed_threads)
-                print(f"seeded PostgreSQL with {args.models:,} models at {seeded['postgres']:.0f} models/s",
-                      flush=True)
-                with server(work / "pg-server", pg_uri) as uri:
-                    results["postgres+server"] = measure("pg-server", ModelRegistry(uri), args.models, trained,
-                                                         args.registrations, args.repeat)
-                print("postgres+server", results["postgres+server"], flush=True)
+                seeded["postgres"] = seed(pg_uri, args.models)
+                uri = stack.enter_context(server(work / "pg-server", pg_uri))
+                paths.append(Path_("postgres+server", ModelRegistry(uri), args.models, trained))
                 direct = ModelRegistry(pg_uri, artifact_location=(work / "pg-artifacts").as_uri())
-                results["postgres"] = measure("pg", direct, args.models, trained, args.registrations, args.repeat)
-                print("postgres", results["postgres"], flush=True)
+                paths.append(Path_("postgres", direct, args.models, trained))
+            print(f"seeded {args.models:,} models per store; timing {args.rounds} interleaved rounds", flush=True)
+            for r in range(args.rounds):  # interleaved: a load spike on the shared machine hits every path
+                for path in paths:
+                    path.one_round()
+                print(f"  round {r + 1}/{args.rounds} done", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    results = {p.label: p.medians() for p in paths}
     cols = list(results)
-    rows = [("register (s, median)", "register_s", "{:.3f}"), ("latest, 1 user (ms)", "latest_ms", "{:.1f}"),
+    rows = [("register (s)", "register_s", "{:.3f}"), ("latest, 1 user (ms)", "latest_ms", "{:.1f}"),
             ("latest_many, 100 users (ms)", "latest_many_100_ms", "{:.1f}"),
-            (f"latest_many, all {args.models:,} users (s)", "latest_many_all_s", "{:.2f}")]
+            (f"latest_many, all {args.models:,} users (s)", "latest_many_all_s", "{:.2f}"),
+            ("load one model (ms)", "load_ms", "{:.1f}")]
     ratio_col = "postgres+server" if "postgres+server" in results else None
-    print(f"\nRegistry with {args.models:,} registered models (one version each), medians; "
-          "lower is better")
+    print(f"\nRegistry with {args.models:,} registered models (one version each); medians of "
+          f"{args.rounds} interleaved rounds; lower is better")
     header = f"{'operation':<34}" + "".join(f"{c:>17}" for c in cols)
     if ratio_col:
         header += f"{'pg+server/sqlite':>18}"
@@ -205,8 +246,15 @@ def main() -> int:
         if ratio_col:
             line += f"{results[ratio_col][key] / results['sqlite'][key]:>17.2f}x"
         print(line)
-    print("seeding (models/s, MLflow store API in-process): "
+    size = model_bytes(trained[1])
+    print(f"one model: {size / 1e6:.2f} MB on disk (safetensors + json); "
+          f"{args.models:,} models: {size * args.models / 1e9:.1f} GB")
+    print("seeding (models/s, rows copied in MLflow's tables): "
           + ", ".join(f"{k} {v:,.0f}" for k, v in seeded.items()))
+    try:
+        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores: above 2, figures are noisy)")
+    except OSError:  # pragma: no cover
+        pass
     return 0
 
 
