@@ -84,7 +84,7 @@ def seed(db_uri: str, n: int) -> float:
     try:
         with engine.begin() as conn:
             for table_name in SEED_TABLES:
-                table = sqlalchemy.Table(table_name, meta, autoload_with=engine)
+                table = sqlalchemy.Table(table_name, meta, autoload_with=conn)
                 rows = conn.execute(sqlalchemy.select(table).where(table.c.name == template)).mappings().all()
                 assert rows, f"the template model has no rows in {table_name}"
                 batch: list[dict] = []
@@ -176,6 +176,19 @@ class Path_:
         return {op: statistics.median(t) for op, t in self.times.items()}
 
 
+def rows_in_store(db_uri: str) -> int:
+    """Rows in all of MLflow's tables (how fast a registry database grows per registration)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_uri)
+    try:
+        with engine.connect() as conn:
+            tables = sqlalchemy.inspect(conn).get_table_names()
+            return sum(conn.execute(sqlalchemy.text(f'SELECT count(*) FROM "{t}"')).scalar() for t in tables)
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def server(workdir: Path, backend: str) -> Iterator[str]:
     from mlflow_server import MlflowServer
@@ -199,6 +212,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="dfp_bench_registry_"))
     seeded: dict[str, float] = {}
+    growth: dict[str, float] = {}
     trained = trained_model()
     paths: list[Path_] = []
     try:
@@ -210,6 +224,7 @@ def main() -> int:
             uri = stack.enter_context(server(work / "sqlite-server", sqlite_uri))
             paths.append(Path_("sqlite+server", ModelRegistry(uri), args.models, trained))
             reason = unavailable_reason()
+            pg_uri = ""
             if reason:
                 print(f"PostgreSQL columns skipped: {reason}")
             else:
@@ -221,10 +236,14 @@ def main() -> int:
                 direct = ModelRegistry(pg_uri, artifact_location=(work / "pg-artifacts").as_uri())
                 paths.append(Path_("postgres", direct, args.models, trained))
             print(f"seeded {args.models:,} models per store; timing {args.rounds} interleaved rounds", flush=True)
+            stores = {"sqlite": sqlite_uri, **({"postgres": pg_uri} if not reason else {})}
+            before = {name: rows_in_store(uri) for name, uri in stores.items()}
             for r in range(args.rounds):  # interleaved: a load spike on the shared machine hits every path
                 for path in paths:
                     path.one_round()
                 print(f"  round {r + 1}/{args.rounds} done", flush=True)
+            # two paths register into each store, one registration per round each
+            growth = {name: (rows_in_store(uri) - before[name]) / (2 * args.rounds) for name, uri in stores.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -249,6 +268,7 @@ def main() -> int:
     size = model_bytes(trained[1])
     print(f"one model: {size / 1e6:.2f} MB on disk (safetensors + json); "
           f"{args.models:,} models: {size * args.models / 1e9:.1f} GB")
+    print("rows added to the store per registration: " + ", ".join(f"{k} {v:,.0f}" for k, v in growth.items()))
     print("seeding (models/s, rows copied in MLflow's tables): "
           + ", ".join(f"{k} {v:,.0f}" for k, v in seeded.items()))
     try:
