@@ -115,10 +115,11 @@ class RayHead:
         except OSError:
             return ""
 
-    def stop(self, grace: float = 20.0) -> None:
+    def stop(self, grace: float = 5.0) -> None:
         """Stop ``ray start --block`` and every process recorded under it (GCS, raylet, dashboard,
-        workers): SIGTERM, then SIGKILL for any still there after ``grace`` seconds. (A SIGTERM
-        ends ``ray start --block`` alone; the processes it started would live on.)"""
+        workers): SIGTERM, then SIGKILL for any still there after ``grace`` seconds (Ray's
+        autoscaler monitor outlives a SIGTERM). A SIGTERM ends ``ray start --block`` alone; the
+        processes it started would live on."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
