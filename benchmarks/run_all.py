@@ -25,6 +25,7 @@ BENCHMARKS = [
     ("bench_kafka.py", False),
     ("bench_quality.py", False),
     ("bench_stream.py", False),
+    ("bench_registry_db.py", False),
 ]
 
 

@@ -4,8 +4,11 @@ Reusable by any test module (pytest puts ``tests/`` on ``sys.path``, it has no `
 
     from mlflow_server import MlflowServer
 
-    with MlflowServer(tmp_path) as server:
+    with MlflowServer(tmp_path) as server:                      # sqlite backend under tmp_path
         registry = ModelRegistry(server.uri)
+
+    with MlflowServer(tmp_path, backend_uri=pg.database_uri("mlflow")) as server:  # PostgreSQL
+        ...
 
 Why it is done this way (measured on MLflow 3.17, see ENVIRONMENT.md):
 
@@ -17,6 +20,9 @@ Why it is done this way (measured on MLflow 3.17, see ENVIRONMENT.md):
   to one worker on a 2-core machine.
 - Start-up takes ~6-12 s; we poll ``/health`` (bounded) instead of sleeping a fixed time, and
   fail with the server's own log when it exits or never becomes healthy.
+- The backend store is a sqlite file in ``workdir`` unless ``backend_uri`` names another
+  database (``postgresql://...``, see ``postgres_server.py``); the server creates or migrates
+  its tables there at start-up.
 - Artifacts are *served* by the server (``--artifacts-destination``), so clients upload and
   download through HTTP exactly as they would against a remote server.
 """
@@ -46,10 +52,13 @@ class MlflowServerError(RuntimeError):
 
 
 class MlflowServer:
-    """A ``mlflow server`` process with a sqlite backend and served artifacts under ``workdir``."""
+    """A ``mlflow server`` process with served artifacts under ``workdir`` and a sqlite backend
+    there, or the database ``backend_uri`` names."""
 
-    def __init__(self, workdir: str | os.PathLike, *, port: int | None = None, start_timeout: float = 90.0):
+    def __init__(self, workdir: str | os.PathLike, *, port: int | None = None, start_timeout: float = 90.0,
+                 backend_uri: str | None = None):
         self.workdir = Path(workdir)
+        self.backend_uri = backend_uri or f"sqlite:///{self.workdir / 'server.db'}"
         self.port = port or free_port()
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
@@ -60,10 +69,9 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        db = self.workdir / "server.db"
         return [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{db}",
+            "--backend-store-uri", self.backend_uri,
             "--serve-artifacts",
             "--artifacts-destination", str(self.workdir / "served-artifacts"),
             "--host", "127.0.0.1",

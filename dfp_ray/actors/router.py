@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from dfp_ray import metrics
 from dfp_ray.config import DFPConfig
 from dfp_ray.controllers.router import (
     GENERIC_ACTOR,
@@ -69,6 +70,7 @@ class RouterActor:
         return True
 
     # ------------------------------------------------------------------------------------
+    @metrics.counts_in_flight("router", "message")
     def process(self, msg: ControlMessage, run_id: str, retry: bool = False, work_id: str | None = None) -> MessageResult:
         """Run one control message of run ``run_id`` to completion; never raises for bad input.
 
@@ -98,6 +100,7 @@ class RouterActor:
             log.exception("message %s failed", msg.message_id)
             result.rejection = Rejection.for_message(msg, f"{type(exc).__name__}: {exc}")
         result.seconds = time.perf_counter() - start
+        metrics.message_done(result, self.cfg.source)
         self.progress_state.stage("done")
         return result
 

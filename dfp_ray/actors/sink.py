@@ -24,6 +24,7 @@ import logging
 
 import ray
 
+from dfp_ray import metrics
 from dfp_ray.config import DFPConfig
 from dfp_ray.durability import DurabilityError
 from dfp_ray.pipeline.frames import DetectionFrame, ScoredFrame
@@ -84,7 +85,7 @@ class SinkActor:
             raise
         except Exception as exc:
             raise DurabilityError(f"detections of run {run_id} not written: {type(exc).__name__}: {exc}") from exc
-        return written
+        return metrics.rows_written(written, self.cfg.source)
 
     def _close_kafka(self) -> None:
         kafka, self._kafka = self._kafka, None

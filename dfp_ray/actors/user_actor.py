@@ -10,6 +10,7 @@ import os
 
 import ray
 
+from dfp_ray import metrics
 from dfp_ray.config import DFPConfig
 from dfp_ray.controllers.user import UserController, WorkKey, concat_parts
 from dfp_ray.messages import BatchingOptions, FileToDfOptions
@@ -31,6 +32,7 @@ class UserActor:
         self.controller = UserController(cfg, schema, index, threads=threads)
 
     @ray.method(max_task_retries=-1)  # a pure read: safe to run again on a restarted actor
+    @metrics.counts_in_flight("user_actor", "load")
     def load_and_split(self, files: list[FileRef], file_opts: FileToDfOptions | None, storage_options: dict,
                        cache_key: str | None, pool_size: int, batching: BatchingOptions | None,
                        keep_whole: bool, users: list[str] | None = None) -> tuple:
@@ -44,6 +46,7 @@ class UserActor:
             users=users)
         return (info, *parts, whole)
 
+    @metrics.counts_in_flight("user_actor", "train")
     def train_parts(self, data_type: str, n_user_parts: int, train_individual: bool, fit_id: str | None,
                     work: WorkKey, *frames):
         """Train the users of the first ``n_user_parts`` frames and, when more frames follow
@@ -57,6 +60,7 @@ class UserActor:
             train_individual=train_individual, fit_id=fit_id, work=work)
 
     @ray.method(max_task_retries=-1)  # safe to run again: the sink skips rows it already wrote
+    @metrics.counts_in_flight("user_actor", "infer")
     def infer_parts(self, sink, run_id: str, *frames, work: WorkKey | None = None,
                     data_type: str = "payload") -> InferBatch:
         """Score the parts several loaders sent this actor, in calls of at most

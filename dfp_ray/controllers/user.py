@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from dfp_ray import metrics
 from dfp_ray.config import CacheSettings, DFPConfig
 from dfp_ray.durability import DurabilityError
 from dfp_ray.labels import LabelStore, LabelView
@@ -284,6 +285,7 @@ class UserController:
                 malicious = self.labels.malicious()
                 win.exclude(malicious)  # verdicts that came after the rows did
                 appended = win.append(frame, work=work.tag if work is not None else None, exclude=malicious)
+                metrics.windows_held(self.worker_index, self.windows)
                 counts = {"window_added": appended.added, "window_duplicates": appended.duplicates}
                 if appended.already_applied:
                     return TrainResult(**base, rows=len(frame), trained=False,
@@ -451,6 +453,7 @@ class UserController:
             else:
                 held[user] = len(win.rows)
             self._pending_inference.add(user)
+        metrics.windows_held(self.worker_index, self.windows)
         return concat_parts(due), held
 
     def save_inference_windows(self) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_ray.autoencoder import DFPAutoencoder
 
+from dfp_ray import metrics
 from dfp_ray.registry.errors import ModelLoadError, RegistryError
 from dfp_ray.registry.names import ModelRef
 from dfp_ray.registry.store import ModelRegistry
@@ -71,9 +72,12 @@ class ModelCache:
             now = self._clock()
             if entry is not None and now - entry.checked < self.refresh_seconds:
                 self._entries.move_to_end(key)
+                metrics.cache_lookup(hit=True)
                 return (entry.model, entry.ref) if entry.model is not None and entry.ref is not None else None
+            metrics.cache_lookup(hit=False)
             try:
-                latest = self.registry.latest(source, user)
+                with metrics.registry_call("latest"):
+                    latest = self.registry.latest(source, user)
             except RegistryError as exc:
                 if entry is not None and entry.model is not None and entry.ref is not None:
                     log.warning("registry lookup failed, serving cached %s: %s", entry.ref.label, exc)
@@ -97,8 +101,10 @@ class ModelCache:
                     todo[user] = (key, entry)
             if len(todo) < 2:  # nothing to gain over get()
                 return 0
+            metrics.cache_lookup(hit=False, n=len(todo))
             try:
-                latest = self.registry.latest_many(source, list(todo))
+                with metrics.registry_call("latest_many"):
+                    latest = self.registry.latest_many(source, list(todo))
             except RegistryError as exc:
                 log.debug("bulk model lookup failed, resolving users one by one: %s", exc)
                 return 0
@@ -124,7 +130,8 @@ class ModelCache:
                     self._entries.move_to_end(key)
                     return entry.model, entry.ref
             try:
-                model = self.registry.load(latest, device=self.device)
+                with metrics.registry_call("load"):
+                    model = self.registry.load(latest, device=self.device)
             except ModelLoadError as exc:
                 if entry is not None and entry.model is not None and entry.ref is not None:
                     log.warning("keeping %s: newer %s does not load: %s", entry.ref.label, latest.label, exc)
