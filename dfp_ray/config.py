@@ -127,6 +127,20 @@ class RayConfig(_Strict):
         0.0, ge=0, description="Fractional GPUs per user actor (0 = CPU; e.g. 0.25 packs 4 actors per GPU)."
     )
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    resources_per_actor: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each pool actor reserves, e.g. {dfp_pool: 1} "
+        "to keep the pool on the nodes started with --resources='{\"dfp_pool\": 4}' (not CPU or GPU: use "
+        "num_cpus_per_actor / num_gpus_per_actor). The generic model's own actor reserves none.",
+    )
+    actor_scheduling: Literal["default", "spread"] = Field(
+        "default", description="Where Ray places the user actors: default (Ray's: fills a node before the "
+        "next) or spread (round-robin over the nodes that fit, so the pool spans the cluster).",
+    )
+    shared_paths: list[str] = Field(
+        default_factory=list, description="Local folders every node of the cluster mounts at the same path "
+        "(NFS, EFS): state and input files under them count as shared when the cluster has several nodes "
+        "(see docs/scaling.md). Relative folders are resolved when the config is loaded.",
+    )
     actor_concurrency: int = Field(
         1, ge=1, description="Calls a user actor runs at once (threads): >1 lets the MLflow registration "
         "of one user overlap the fit of the next (fits still run one at a time per actor), at the price of "
@@ -172,6 +186,24 @@ class RayConfig(_Strict):
         14_400.0, gt=0, description="Give up on a control message after this many seconds (default 4 h): "
         "it becomes a dead letter with that reason and the run goes on with the next message.",
     )
+
+
+    @field_validator("resources_per_actor")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{name!r} is not a custom resource: use num_cpus_per_actor / num_gpus_per_actor")
+            if not name or amount <= 0:
+                raise ValueError(f"resource {name!r}: a name and an amount above 0 (got {amount})")
+        return resources
+
+    @field_validator("shared_paths")
+    @classmethod
+    def _shared_absolute(cls, paths: list[str]) -> list[str]:
+        if any("://" in p and not p.startswith("file://") for p in paths):
+            raise ValueError("shared_paths are local mount points (object storage is always shared)")
+        return [os.path.realpath(os.path.expanduser(p.removeprefix("file://"))) for p in paths]
 
 
 CacheMode = Literal["aggregate", "batch"]
@@ -236,6 +268,14 @@ class LabelsConfig(_Strict):
     )
     max_verdicts_per_message: int = Field(100_000, ge=1, description="Larger label messages are rejected.")
 
+    @field_validator("directory")
+    @classmethod
+    def _local_directory(cls, directory: str | None) -> str | None:
+        if directory and "://" in directory and not directory.startswith("file://"):
+            raise ValueError(f"{directory!r}: the verdict store is a local folder (on several nodes: one every "
+                             "node mounts at the same path, listed in ray.shared_paths)")
+        return directory.removeprefix("file://") if directory else directory
+
 
 class DFPConfig(_Strict):
     """Everything a DFP run needs; the defaults are Morpheus's where it has one."""
@@ -247,7 +287,10 @@ class DFPConfig(_Strict):
         description="Built-in schema name (duo, azure) or path to a schema YAML. Default: the source name.",
     )
     state_dir: str = Field(
-        DEFAULT_STATE_DIR, description="Local state: embedded MLflow, load cache, checkpoints, dead letters."
+        DEFAULT_STATE_DIR, description="Local folder of the driver's and actors' state: the embedded MLflow "
+        "registry (when mlflow.tracking_uri is unset), load cache, dead letters, stream offsets, and by default "
+        "window checkpoints and verdicts. Never a URL: to keep state in object storage or a server set "
+        "window.checkpoint_dir: s3://..., mlflow.tracking_uri and mlflow.artifact_location instead.",
     )
     train_users: TrainUsers = Field(
         "all", description="all = generic + one per user; generic; individual; none (inference only)."
@@ -285,6 +328,21 @@ class DFPConfig(_Strict):
         if not v or any(c in v for c in "/\\ "):
             raise ValueError("source must be a non-empty name without slashes or spaces")
         return v
+
+    @field_validator("state_dir")
+    @classmethod
+    def _local_state_dir(cls, v: str) -> str:
+        if not v:
+            raise ValueError("state_dir must not be empty")
+        if "://" not in v or v.startswith("file://"):
+            return v.removeprefix("file://")
+        prefix = v.rstrip("/")
+        raise ValueError(
+            f"{v!r} is a URL; state_dir must be a local folder (it holds the load cache, dead letters, stream "
+            "offsets and the embedded sqlite registry, which cannot live in object storage). Keep it local "
+            f"(e.g. state_dir: {DEFAULT_STATE_DIR}) and put the shared state in object storage and a server: "
+            f"window.checkpoint_dir: {prefix}/windows, mlflow.tracking_uri: http://<mlflow server>:5000, "
+            f"mlflow.artifact_location: {prefix}/mlartifacts (see docs/scaling.md)")
 
     @property
     def schema_ref(self) -> str:

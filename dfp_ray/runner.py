@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dfp_ray.config import DFPConfig
+from dfp_ray.controllers.placement import Workload, alive_nodes, check_shared_state, pin_to_driver
 from dfp_ray.messages import ControlMessage, DeadLetterWriter, Rejection, parse_control_messages
 from dfp_ray.pipeline.write_to_file import new_run_id
 from dfp_ray.results import MessageResult, Progress, RunSummary
@@ -73,8 +74,10 @@ class Pipeline:
     :mod:`dfp_ray.pipeline.write_to_file`).
     """
 
-    def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None, *, live_run_id: str | None = None):
+    def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None, *, live_run_id: str | None = None,
+                 workload: Workload | None = None):
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from dfp_ray.actors.router import RouterActor
         from dfp_ray.actors.sink import SinkActor
@@ -93,6 +96,9 @@ class Pipeline:
             cfg.window.checkpoint_dir = os.path.abspath(os.path.expanduser(cfg.window.checkpoint_dir))
         self.cfg = cfg
         self.schema = schema or load_schema(cfg.schema_ref)
+        # Several nodes: refuse state that would stay on one node's disk (see controllers.placement).
+        nodes = alive_nodes(ray.nodes())
+        check_shared_state(cfg, nodes, workload)
         make_private_dir(cfg.state_path)
         # Open (and for a new sqlite file, create) the registry once, here, before the actors
         # race to do it; an unreachable tracking server fails the run now, not per user.
@@ -104,20 +110,29 @@ class Pipeline:
         n = cfg.ray.num_user_actors or (gpus if gpus and cfg.ray.num_gpus_per_actor else
                                         max(1, int(resources.get("CPU", 1))))
         restarts = {"max_restarts": cfg.ray.max_restarts}
-        opts = {"num_cpus": cfg.ray.num_cpus_per_actor, "max_concurrency": cfg.ray.actor_concurrency, **restarts}
+        spread = {"scheduling_strategy": "SPREAD"} if cfg.ray.actor_scheduling == "spread" else {}
+        opts = {"num_cpus": cfg.ray.num_cpus_per_actor, "max_concurrency": cfg.ray.actor_concurrency,
+                **restarts, **spread}
         if cfg.ray.num_gpus_per_actor:
             opts["num_gpus"] = cfg.ray.num_gpus_per_actor
+        if cfg.ray.resources_per_actor:
+            opts["resources"] = dict(cfg.ray.resources_per_actor)
         self.user_actors = [UserActor.options(**opts).remote(cfg, self.schema, i) for i in range(n)]
         # The generic model's own actor (CPU pools; see RayConfig.generic_actor). Index n: it
         # owns generic_user only. No CPU reserved: it runs beside the pool, not instead of it.
         self.generic_actor = None
         if cfg.ray.generic_actor and not cfg.ray.num_gpus_per_actor and cfg.train_users in ("all", "generic"):
             # two calls at once: the router's widen_fit arrives while train runs
-            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2, **restarts).remote(
+            self.generic_actor = UserActor.options(num_cpus=0, max_concurrency=2, **restarts, **spread).remote(
                 cfg, self.schema, n)
         self.live_run_id = live_run_id
-        self.sink = SinkActor.options(**restarts).remote(cfg, live_run_id, self.schema.user_column)
-        self.router = RouterActor.options(**restarts).remote(
+        # On several nodes the sink and router run on the driver's node: local output files land
+        # where the driver publishes and reads them (both reserve no CPU).
+        here = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False)} if pin_to_driver(nodes) else {}
+        self.nodes = nodes
+        self.sink = SinkActor.options(**restarts, **here).remote(cfg, live_run_id, self.schema.user_column)
+        self.router = RouterActor.options(**restarts, **here).remote(
             cfg, self.schema, self.user_actors, self.sink, self.generic_actor)
         # Fail fast if an actor can't start, and pay one-time import costs now, in parallel.
         # Bounded: actors the cluster has no room for (CPUs held by another pipeline) never start.
@@ -249,6 +264,13 @@ def _failed(msg: ControlMessage, reason: str) -> MessageResult:
                          rejection=Rejection.for_message(msg, reason))
 
 
+def _verdicts_stored(cfg: DFPConfig) -> bool:
+    """Whether the verdict store holds anything (training reads it: on several nodes it must be shared)."""
+    from dfp_ray.labels import LabelStore
+
+    return LabelStore(cfg.labels_path, cfg.source).stamp() != (0, 0)
+
+
 def make_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) readable by its owner only: state holds models, windows and
     dead letters with raw log rows."""
@@ -291,7 +313,7 @@ def run(
         messages.extend(parsed.messages)
     apply_time_window(messages, start_time, duration)
     owned = pipeline is None
-    pipe = pipeline or Pipeline(cfg)
+    pipe = pipeline or Pipeline(cfg, workload=Workload.of_messages(messages, verdicts_stored=_verdicts_stored(cfg)))
     run_id = new_run_id()
     scored_any = False
     try:

@@ -135,3 +135,8 @@ class UserActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    @ray.method(max_task_retries=-1)
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (where Ray placed, or re-placed, it)."""
+        return ray.get_runtime_context().get_node_id()

@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "model's calibrated threshold is used (detection.alert_rate, docs/scoring.md)")
     p.add_argument("--alert-rate", type=float,
                    help="share of each model's normal events to flag, calibrated rule (default: 0.003)")
-    p.add_argument("--state-dir", help="local state: embedded MLflow db, caches, dead letters (default .dfp_ray)")
+    p.add_argument("--state-dir", help="local folder for state: embedded MLflow db, load cache, dead letters, "
+                   "and by default window checkpoints and verdicts (default .dfp_ray). Not a URL: for object "
+                   "storage set window.checkpoint_dir=s3://... and a tracking server (--tracking-uri); on a "
+                   "multi-node cluster both are required (docs/scaling.md)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --state-dir)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--num-actors", type=int, help="user-actor pool size (default: CPUs, or GPUs when present)")
