@@ -72,6 +72,10 @@ class Pipeline:
     ``live_run_id`` (a stream): that run's output files are published at once and appended to
     in place, so detections are visible while the stream runs (see
     :mod:`dfp_ray.pipeline.write_to_file`).
+
+    On a cluster of several nodes it refuses to start while state the actors share is on one
+    node's disk (:mod:`dfp_ray.controllers.placement`; ``workload`` says what the messages will
+    use, default: everything), and places the sink and router on the driver's node.
     """
 
     def __init__(self, cfg: DFPConfig, schema: SourceSchema | None = None, *, live_run_id: str | None = None,
@@ -143,8 +147,8 @@ class Pipeline:
             raise RuntimeError(
                 f"the user actors did not start within {STARTUP_TIMEOUT_S:.0f} s: the cluster has "
                 f"{ray.available_resources().get('CPU', 0):g} CPU(s) free for {n} actor(s) of "
-                f"{cfg.ray.num_cpus_per_actor:g} CPU each (another pipeline holding them?); lower "
-                "ray.num_user_actors or ray.num_cpus_per_actor, or stop the other pipeline") from None
+                f"{cfg.ray.num_cpus_per_actor:g} CPU each{_resources_note(cfg)} (another pipeline holding "
+                "them?); lower ray.num_user_actors or ray.num_cpus_per_actor, or stop the other pipeline") from None
 
     def _actors(self) -> list:
         return [*self.user_actors, *([self.generic_actor] if self.generic_actor is not None else [])]
@@ -262,6 +266,17 @@ class Pipeline:
 def _failed(msg: ControlMessage, reason: str) -> MessageResult:
     return MessageResult(message_id=msg.message_id, kind=msg.kind, data_type=msg.metadata.data_type,
                          rejection=Rejection.for_message(msg, reason))
+
+
+def _resources_note(cfg: DFPConfig) -> str:
+    """The custom resources a pool actor waits for, as the start-up timeout names them."""
+    import ray
+
+    wanted = cfg.ray.resources_per_actor
+    if not wanted:
+        return ""
+    free = ray.available_resources()
+    return " and " + ", ".join(f"{k}={v:g} ({free.get(k, 0):g} free)" for k, v in wanted.items())
 
 
 def _verdicts_stored(cfg: DFPConfig) -> bool:
