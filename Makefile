@@ -47,7 +47,7 @@ postgres-setup:
 	else echo "postgres-setup: no PostgreSQL here (and no root apt-get); the postgres-marked tests will be skipped"; fi
 
 test: $(BIN)/.stamp-test postgres-setup  ## run the whole test suite
-	$(BIN)/python -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -ra --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-fast: $(BIN)/.stamp-test  ## tests without slow/kafka/s3/postgres/gpu markers
 	$(BIN)/python -m pytest -q -ra -m "not slow and not kafka and not s3 and not postgres and not gpu"

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from dfp_ray.autoencoder.calibration import Calibration
 from dfp_ray.labels import LabelOutcome
 from dfp_ray.messages import Rejection
 
@@ -74,6 +75,9 @@ class TrainResult(BaseModel):
     window_duplicates: int = Field(0, description="Streaming: rows the window already held (not counted again).")
     retryable: bool = Field(False, description="Failed for a reason outside the data (registry, storage): "
                             "processing the message again may succeed; a stream does not commit it.")
+    holdout: Calibration | None = Field(
+        None, description="A new user model's held-out scores; the router pools them into the source's "
+        "population and drops them from the result.")
 
 
 class InferResult(BaseModel):
@@ -247,3 +251,23 @@ class RunSummary(BaseModel):
             field = f" [{r.field}]" if r.field else ""
             lines.append(f"REJECTED {r.message_id}{field}: {r.reason}")
         return "\n".join(lines)
+
+
+class WorkKey(BaseModel):
+    """Which run and message a training call belongs to; on a retry, which models are still owed."""
+
+    run_id: str
+    message_id: str
+    retry: bool = False
+    only: list[str | None] | None = None  # models still owed (None in it: the generic model)
+    batch: int | None = None  # streaming: the batch of the message (one per period)
+
+    @property
+    def tag(self) -> str:
+        """``<run>/<message>`` (``/<batch>`` for a streaming batch): the ``dfp_work`` tag of the
+        versions it trains and the work item its rolling windows remember."""
+        base = f"{self.run_id}/{self.message_id}"
+        return base if self.batch is None else f"{base}/{self.batch}"
+
+    def wants(self, user: str | None) -> bool:
+        return self.only is None or user in self.only

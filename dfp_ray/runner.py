@@ -37,7 +37,8 @@ def init_ray(address: str | None, *, quiet: bool = True) -> None:
     if address:
         kwargs["address"] = address
     elif not os.environ.get("RAY_ADDRESS"):  # a `ray job submit` entrypoint joins its cluster
-        kwargs["include_dashboard"] = False
+        # a new local Ray, never one some other `ray start` left running on this machine
+        kwargs.update(address="local", include_dashboard=False)
     ray.init(**kwargs)
 
 

@@ -97,14 +97,16 @@ def test_parallel_loading_and_detections_only_output_match_the_reference_run(tra
     --write-all-scores only detections travel to the sink and they are the same detections."""
     cfg, _, reference = trained
     msgs = data / "control_messages"
-    ref_scores = pd.read_csv(reference.scores_path, dtype={"event_id": str}).drop(columns="event_time")
+    # what a driver observed/expected is text (a category) or a number: read it as text in every file
+    text = {"event_id": str, **{f"driver_{i}_{k}": str for i in (1, 2, 3) for k in ("value", "expected")}}
+    ref_scores = pd.read_csv(reference.scores_path, dtype=text).drop(columns="event_time")
     variants = ({"ray.load_parallelism": 1}, {"ray.load_chunk_files": 1, "output.write_all_scores": False})
     for i, extra in enumerate(variants):
         again = make_cfg(tmp_path, state_dir=cfg.state_dir, **{"output.directory": str(tmp_path / f"out{i}"), **extra})
         summary = run(again, [str(msgs / "duo_payload_inference.json")], progress=False)
         assert summary.ok and summary.rows_scored == reference.rows_scored
         assert summary.messages_detail[0].stage_seconds.load > 0
-        detections = pd.read_csv(summary.detections_path, dtype={"event_id": str}).drop(columns="event_time")
+        detections = pd.read_csv(summary.detections_path, dtype=text).drop(columns="event_time")
         expected = ref_scores[ref_scores["anomaly_score"] > 1.0]
         assert summary.detections == len(expected) == len(detections)
         pd.testing.assert_frame_equal(
@@ -112,7 +114,7 @@ def test_parallel_loading_and_detections_only_output_match_the_reference_run(tra
             expected.sort_values("event_id").reset_index(drop=True),
         )
         if again.output.write_all_scores:
-            scores = pd.read_csv(summary.scores_path, dtype={"event_id": str}).drop(columns="event_time")
+            scores = pd.read_csv(summary.scores_path, dtype=text).drop(columns="event_time")
             pd.testing.assert_frame_equal(scores.sort_values("event_id").reset_index(drop=True),
                                           ref_scores.sort_values("event_id").reset_index(drop=True))
         else:
@@ -135,7 +137,8 @@ def test_inference_falls_back_to_generic_model(ray_session, data, tmp_path):
 def test_generic_fit_widens_to_the_pools_cpus_once_the_pool_is_done(ray_session, data, tmp_path):
     """train_users=generic: the pool has no users, so the generic model's fit gets the pool's
     two CPUs from its next epoch (two threads), and the message says when."""
-    cfg = make_cfg(tmp_path, train_users="generic", **{"autoencoder.epochs": 300})
+    cfg = make_cfg(tmp_path, train_users="generic",  # a fit long enough to widen: no early stop
+                   **{"autoencoder.epochs": 300, "autoencoder.early_stopping_patience": 0})
     pipe = Pipeline(cfg)
     try:
         train = run(cfg, [str(data / "control_messages" / "duo_payload_training.json")], pipeline=pipe,

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def _run_pipeline(tmp_path, source: str):
     cfg = load_config(None, {"source": source, "state_dir": str(tmp_path / "state"),
                              "output.directory": str(tmp_path / "out"), "output.write_all_scores": True,
-                             "ray.message_timeout_s": 900})
+                             "ray.message_timeout_s": 900, "input.data_roots": [str(tmp_path)]})
     pipe = Pipeline(cfg)
     msgs = tmp_path / "data" / "control_messages"
     train = run(cfg, [str(msgs / f"{source}_payload_training.json")], pipeline=pipe, progress=False)

@@ -61,7 +61,9 @@ def test_duo_mapping_nested_fields_and_result_boolean():
     assert str(df["timestamp"].dt.tz) == "UTC"
     assert df["timestamp"].iloc[0] == pd.Timestamp("2022-08-01T00:00:10Z")
     assert set(schema.feature_columns) <= set(df.columns)
-    assert len(schema.feature_columns) == 7
+    # Morpheus's 7 Duo features, plus application, location and the cyclic hour / weekday pairs
+    assert len(schema.feature_columns) == 13
+    assert {"application", "location", "hour_of_day_sin", "day_of_week_cos"} <= set(schema.feature_columns)
 
 
 def test_azure_mapping_missing_display_name_and_lists():
@@ -77,7 +79,9 @@ def test_azure_mapping_missing_display_name_and_lists():
     assert df.loc[1, "deviceDetaildisplayName"] == "nan"
     assert list(df["appincrement"]) == [1, 2]
     assert list(df["event_id"]) == ["x1", "x2"]
-    assert len(schema.feature_columns) == 9
+    # Morpheus's 9 Azure features, plus location and the cyclic hour / weekday pairs
+    assert len(schema.feature_columns) == 14
+    assert {"location", "hour_of_day_sin", "day_of_week_cos"} <= set(schema.feature_columns)
 
 
 def test_malformed_records_are_counted_and_skipped(caplog):

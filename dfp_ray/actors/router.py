@@ -32,15 +32,16 @@ from dfp_ray.controllers.router import (
     users_per_owner,
     widen_threads,
 )
-from dfp_ray.controllers.user import WorkKey
 from dfp_ray.durability import DurabilityError
 from dfp_ray.messages import ControlMessage, Rejection
 from dfp_ray.pipeline.file_batcher import plan_batches
 from dfp_ray.pipeline.fsspec_loader import FileSelectionError
 from dfp_ray.pipeline.split_users import owner_index, trains_generic, trains_individual
 from dfp_ray.readers.frame_cache import FrameCache
+from dfp_ray.registry import ModelRegistry
 from dfp_ray.registry.names import GENERIC_LABEL, user_label
-from dfp_ray.results import InferBatch, LoadInfo, MessageResult, Progress, SinkWrite, TrainResult
+from dfp_ray.registry.population import merge_population
+from dfp_ray.results import InferBatch, LoadInfo, MessageResult, Progress, SinkWrite, TrainResult, WorkKey
 from dfp_ray.schemas import SourceSchema
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class RouterActor:
         self.sink = sink
         self.cache = FrameCache(cfg.state_path / "cache", enabled=cfg.cache_loaded_files)
         self.progress_state = ProgressTracker()
+        self._registry = None  # opened on the first population update
 
     def progress(self) -> Progress:
         return self.progress_state.snapshot()
@@ -220,6 +222,7 @@ class RouterActor:
         for call in calls:
             call.start(self._work)
         threads = widen_threads(self.cfg.ray, len(self.actors)) if any(c.generic for c in calls) else 1
+        holdouts: list = []
         widened = False
         while pending := [c for c in calls if not c.done]:
             pool_done = all(c.done for c in calls if not c.generic)
@@ -241,8 +244,31 @@ class RouterActor:
                 call.restart(self._work, exc, self.cfg.ray.max_restarts, result)
                 continue
             call.received(res)
+            if res.holdout is not None:
+                holdouts.append(res.holdout)
+                res = res.model_copy(update={"holdout": None})  # the summary need not carry them
             result.record_training(res)
             self.progress_state.add(users_done=1)
+        if holdouts:
+            self._store_population(holdouts, result)
+
+    def _store_population(self, holdouts: list, result: MessageResult) -> None:
+        """Pool the new user models' held-out scores into the source's population in the
+        registry (:mod:`dfp_ray.registry.population`), so every scorer reads the same one."""
+        try:
+            if self._registry is None:
+                self._registry = ModelRegistry.from_config(self.cfg)
+            merged = merge_population(self._registry.population(self.cfg.source), holdouts)
+            if merged is not None:
+                self._registry.set_population(self.cfg.source, merged)
+                for ref in [a.invalidate.remote(None) for a in self.actors]:
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        pass
+        except Exception as exc:  # noqa: BLE001 - the models are registered; thresholds use the last population
+            log.warning("message %s: the population of %s was not updated: %s", result.message_id,
+                        self.cfg.source, exc)
 
     # ---- inference ------------------------------------------------------------------------
     def _infer(self, infos: list[LoadInfo], refs: list[list], result: MessageResult, data_type: str) -> None:

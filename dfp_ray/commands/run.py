@@ -25,13 +25,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-file", action="append", required=True, metavar="PATH",
                    help="control-message JSON file (see docs/control_messages.md); repeat for several, run in "
                    "order; a file that cannot be parsed becomes a dead letter and the others still run")
+    add_pipeline_arguments(p)
+    p.add_argument("--start-time", help="only files batched at/after this UTC time (YYYY-MM-DD[THH:MM:SS])")
+    p.add_argument("--duration", help="with --start-time: window length as a pandas offset, e.g. 60d, 12h")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """The pipeline options ``dfp-ray run`` and ``dfp-ray stream`` share (one definition, one
+    meaning; :func:`config_from_args` reads them)."""
     p.add_argument("--data-root", action="append", metavar="DIR_OR_URL",
                    help="folder or s3:// prefix the control messages may read files from (repeatable; "
                    "default: the working directory); a file outside every root rejects its message")
     p.add_argument("--source", help="log source name; also selects the built-in schema (duo, azure)")
     p.add_argument("--schema", help="schema name or path to a schema YAML (default: the source name)")
-    p.add_argument("--start-time", help="only files batched at/after this UTC time (YYYY-MM-DD[THH:MM:SS])")
-    p.add_argument("--duration", help="with --start-time: window length as a pandas offset, e.g. 60d, 12h")
     p.add_argument("--train-users", choices=["all", "generic", "individual", "none"],
                    help="which models training messages build: all = generic + per user (default: all)")
     p.add_argument("--output", help="directory for dfp_detections_{source}.csv (local or s3://)")
@@ -48,14 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "storage set window.checkpoint_dir=s3://... and a tracking server (--tracking-uri); on a "
                    "multi-node cluster both are required (docs/scaling.md)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --state-dir)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-actors", type=int, help="user-actor pool size (default: CPUs, or GPUs when present)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. --set autoencoder.epochs=10 (repeatable)")
     p.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging verbosity (same as the global option)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace):

@@ -29,6 +29,7 @@ processes it again), 2 for a bad configuration.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from dfp_ray.commands.run import add_pipeline_arguments
     from dfp_ray.streaming.cli_options import add_kafka_source_arguments
 
     p = sub.add_parser("stream", help="run as a service: control messages from Kafka, detections to files/Kafka",
@@ -40,27 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also publish detections to this Kafka topic (kafka_sink.topic)")
     p.add_argument("--new-run", action="store_true",
                    help="start a new stream run (new output files) instead of resuming this group's run")
-    p.add_argument("--data-root", action="append", metavar="DIR_OR_URL",
-                   help="folder or s3:// prefix control messages may read files from (repeatable; default: the "
-                   "working directory)")
-    p.add_argument("--source", help="log source name; also selects the built-in schema (duo, azure)")
-    p.add_argument("--schema", help="schema name or path to a schema YAML (default: the source name)")
-    p.add_argument("--train-users", choices=["all", "generic", "individual", "none"],
-                   help="which models training messages build (default: all)")
-    p.add_argument("--output", help="directory for dfp_detections_{source}.csv (local or s3://)")
-    p.add_argument("--format", choices=["csv", "jsonl"], help="detections file format (default: csv)")
-    p.add_argument("--write-all-scores", action="store_true", default=None,
-                   help="also write every scored row to dfp_scores_{source}.{csv,jsonl}")
-    p.add_argument("--threshold", type=float, help="detection threshold on mean_abs_z (default: 2.0)")
-    p.add_argument("--state-dir", help="state: embedded MLflow db, windows, verdicts, the stream's run id "
-                   "(default .dfp_ray)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under --state-dir)")
-    p.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--num-actors", type=int, help="user-actor pool size (default: CPUs, or GPUs when present)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                   help="override any config field, e.g. --set window.min_history=100 (repeatable)")
-    p.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="logging verbosity (same as the global option)")
+    add_pipeline_arguments(p)
     p.set_defaults(handler=run)
 
 

@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
 
 from dfp_ray import metrics
+from dfp_ray.autoencoder.calibration import Calibration
 from dfp_ray.config import CacheSettings, DFPConfig
 from dfp_ray.durability import DurabilityError
 from dfp_ray.labels import LabelStore, LabelView
@@ -42,7 +42,7 @@ from dfp_ray.pipeline.training import too_few_rows, train_model
 from dfp_ray.readers.frame_cache import FrameCache
 from dfp_ray.registry.errors import RegistryError
 from dfp_ray.registry.names import GENERIC_SLOT, safe_user_name, user_label
-from dfp_ray.results import FileProblem, InferResult, LoadInfo, TrainResult
+from dfp_ray.results import FileProblem, InferResult, LoadInfo, TrainResult, WorkKey
 from dfp_ray.row_keys import fill_event_ids, row_keys
 from dfp_ray.schemas import SourceSchema
 
@@ -54,26 +54,6 @@ class NoModelError(LookupError):
 
 
 WORK_TAG = "dfp_work"  # model-version tag: the run and message that trained the version
-
-
-class WorkKey(BaseModel):
-    """Which run and message a training call belongs to; on a retry, which models are still owed."""
-
-    run_id: str
-    message_id: str
-    retry: bool = False
-    only: list[str | None] | None = None  # models still owed (None in it: the generic model)
-    batch: int | None = None  # streaming: the batch of the message (one per period)
-
-    @property
-    def tag(self) -> str:
-        """``<run>/<message>`` (``/<batch>`` for a streaming batch): the ``dfp_work`` tag of the
-        versions it trains and the work item its rolling windows remember."""
-        base = f"{self.run_id}/{self.message_id}"
-        return base if self.batch is None else f"{base}/{self.batch}"
-
-    def wants(self, user: str | None) -> bool:
-        return self.only is None or user in self.only
 
 
 RETRYABLE = (RegistryError, OSError, DurabilityError)  # failures outside the data: another attempt may succeed
@@ -337,6 +317,7 @@ class UserController:
             register_seconds=time.perf_counter() - registering,
             epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
             fit_threads=self._last_fit_threads, **counts,
+            holdout=_holdout_of(model) if user is not None else None,
         )
 
     def widen_fit(self, threads: int, fit_id: str) -> int:
@@ -391,6 +372,14 @@ class UserController:
         return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads, extra_rows=extra)
 
     # ---- inference ----------------------------------------------------------------------
+    def _population(self):
+        """The source's stored population (see :mod:`dfp_ray.registry.population`), or None
+        for the fixed rule or before any user model was trained."""
+        if self.cfg.detection.rule != "calibrated":
+            return None
+        found = self.cache.population(self.cfg.source)
+        return found.calibration if found is not None else None
+
     def model_for(self, user: str):
         """The user's latest model, else the generic one; raises NoModelError with advice."""
         try:
@@ -427,8 +416,9 @@ class UserController:
         except Exception as exc:  # noqa: BLE001 - an optimisation: model_for() reports per user
             log.debug("model prefetch failed: %s", exc)
         self._lookup_failures = {}
+        population = self._population()
         scored, results = score_users(prepared, s, self.model_for, worker=self.worker_index,
-                                      detection=self.cfg.detection)
+                                      detection=self.cfg.detection, population=population)
         elapsed = time.perf_counter() - start
         for r in results:
             r.seconds = elapsed
@@ -471,3 +461,11 @@ class UserController:
     def invalidate(self, user: str | None) -> None:
         """Forget the cached model (or cached absence) of ``user`` (``None``: the generic model)."""
         self.cache.invalidate(self.cfg.source, user)
+
+
+def _holdout_of(model) -> Calibration | None:
+    """A user model's held-out scores for the source's population (the router pools them)."""
+    cal = getattr(model, "calibration", None)
+    if cal is None or not cal.holdout:
+        return None
+    return Calibration(score=cal.score, holdout=cal.holdout, holdout_rows=cal.holdout_rows)

@@ -63,9 +63,9 @@ def score_users(
     generic model) are scored in one call, so thousands of users with a few events each cost
     a few model calls, not thousands. A user whose model cannot be resolved, or needs columns
     the frame lacks, is reported in its result and left out of the output. ``detection`` is
-    the rule whose threshold columns and explanations the rows get; ``population`` (optional)
-    adds held-out scores to the pool the user models' thresholds are read from (see
-    :func:`score_groups`).
+    the rule whose threshold columns and explanations the rows get; ``population``: the
+    source's pooled user-model held-out scores the user models' thresholds blend with (see
+    :func:`score_groups`; :meth:`dfp_ray.registry.ModelCache.population` reads it).
     """
     available = set(prepared.columns)
     users = prepared[schema.user_column].astype(str)
@@ -90,9 +90,13 @@ def score_users(
     return score_groups(prepared, schema, groups, detection=detection, population=population), results
 
 
-def population_of(groups: list[ScoringGroup], extra: Calibration | None = None) -> Calibration | None:
-    """The pooled held-out scores of the user models among ``groups`` (and ``extra``)."""
-    return pool([g.model.calibration for g in groups if not g.generic] + [extra])
+def population_of(groups: list[ScoringGroup], population: Calibration | None = None) -> Calibration | None:
+    """``population`` (the source's, stored in the registry: the same whoever is scored
+    beside a user) when given, else the pooled held-out scores of the user models among
+    ``groups`` (a whole data set scored at once, as the quality benchmark does)."""
+    if population is not None:
+        return population
+    return pool([g.model.calibration for g in groups if not g.generic])
 
 
 def score_groups(
@@ -108,8 +112,9 @@ def score_groups(
 
     ``groups``: :class:`ScoringGroup` (or ``(model, model_version label, row positions[,
     generic])`` tuples); rows in no group are left out. User models read their thresholds from
-    the pool of the held-out scores of every user model in ``groups`` (plus ``population``),
-    blended with their own as their history grows; the generic model from its own. Returns
+    ``population`` (the source's pooled user-model held-out scores; without it, the pool of
+    the user models in ``groups``), blended with their own as their history grows; the
+    generic model from its own. Returns
     the scored rows (input columns, result columns, the detection rule's ``alert_threshold`` /
     ``anomaly_score`` / ``threshold_source``, explanations of the detections, ``event_time``,
     ``model_version``) in time order (stable).

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from dfp_ray import metrics
 from dfp_ray.registry.errors import ModelLoadError, RegistryError
 from dfp_ray.registry.names import ModelRef
+from dfp_ray.registry.population import Population
 from dfp_ray.registry.store import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class ModelCache:
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.RLock()
         self.loads = 0  # models loaded from the registry (for tests and metrics)
+        self._populations: dict[str, tuple[Population | None, float]] = {}
 
     def _key(self, source: str, user: str | None) -> tuple[str, str]:
         return (source, self.registry.model_name(source, user))
@@ -150,6 +152,25 @@ class ModelCache:
     def invalidate(self, source: str, user: str | None) -> None:
         with self._lock:
             self._entries.pop(self._key(source, user), None)
+            if user is None:  # a new generic version: its population may have changed too
+                self._populations.pop(source, None)
+
+    def population(self, source: str) -> Population | None:
+        """The source's population (:mod:`.population`), read from the registry at most every
+        ``refresh_seconds``; the last one read keeps serving while the registry is down."""
+        now = self._clock()
+        with self._lock:
+            held = self._populations.get(source)
+            if held is not None and now - held[1] < self.refresh_seconds:
+                return held[0]
+        try:
+            found = self.registry.population(source)
+        except RegistryError as exc:
+            log.warning("population of %s unavailable (%s); using the last one read", source, exc)
+            found = held[0] if held is not None else None
+        with self._lock:
+            self._populations[source] = (found, now)
+        return found
 
     def _store(self, key: tuple[str, str], entry: _Entry) -> None:
         self._entries[key] = entry

@@ -49,6 +49,7 @@ from dfp_ray.registry.names import (
     safe_user_name,
     user_label,
 )
+from dfp_ray.registry.population import POPULATION_TAG, Population
 from dfp_ray.registry.signature import example_raw_frame, signature_for, signature_key
 from dfp_ray.registry.template import YAML_LOADER, PyfuncTemplate
 from dfp_ray.schemas import SourceSchema, dump_schema
@@ -530,6 +531,41 @@ class ModelRegistry:
         found = self._retry(f"version of {name} tagged {key}", lambda: self.client.search_model_versions(where))
         refs = [ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id or None) for mv in found]
         return max(refs, key=lambda r: r.version_number, default=None)
+
+    # ---------------------------------------------------------------- population
+    def population(self, source: str) -> Population | None:
+        """The source's pooled user-model held-out scores (see :mod:`.population`), or None
+        before any user model was trained."""
+        from mlflow.exceptions import MlflowException
+
+        name = self.model_name(source, None)
+        try:
+            model = self._retry(f"population of {name}", lambda: self.client.get_registered_model(name))
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+                return None
+            raise RegistryError(f"reading the population of {source} at {self.registry_uri} failed: {exc}") from exc
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"reading the population of {source} at {self.registry_uri} failed: {exc}") from exc
+        raw = (model.tags or {}).get(POPULATION_TAG)
+        if not raw:
+            return None
+        try:
+            return Population.decode(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the unreadable %s tag of %s: %s", POPULATION_TAG, name, exc)
+            return None
+
+    def set_population(self, source: str, population: Population) -> None:
+        """Store the source's population on its generic registered model (created without a
+        version when the source has no generic model)."""
+        name = self.model_name(source, None)
+        with self._write_lock():
+            self._ensure_registered_model(name, {})
+            self._retry(f"population of {name}",
+                        lambda: self.client.set_registered_model_tag(name, POPULATION_TAG, population.encode()))
 
     def versions(self, source: str, user: str | None) -> list[ModelRef]:
         """All versions of the user's model, oldest first."""

@@ -300,7 +300,12 @@ class SourceRuntime:
                 raise NoModelError(r.reason)
             return r.model, r.ref
 
-        scored, results = _quiet(score_users, fresh, s, resolver, detection=self.cfg.detection)
+        population = None  # the source's, as the batch pipeline reads it: same thresholds for the same user
+        if self.cfg.detection.rule == "calibrated":
+            found = self.cache.population(self.cfg.source)
+            population = found.calibration if found is not None else None
+        scored, results = _quiet(score_users, fresh, s, resolver, detection=self.cfg.detection,
+                                 population=population)
         detected = np.zeros(len(scored), dtype=bool)
         if len(scored):
             detections = filter_detections(scored, self.cfg.detection)
