@@ -1,7 +1,7 @@
 """The quality bar, measured through the real pipeline at the default settings, on two generators.
 
-- the default generator (`dfp-ray datagen`, Duo and Azure): precision >= 0.9, recall >= 0.9,
-  false-positive rate <= 1% (the project's original bar);
+- the default generator (`dfp-ray datagen`; Duo here, Azure in benchmarks/bench_quality.py):
+  precision >= 0.9, recall >= 0.9, false-positive rate <= 1% (the project's original bar);
 - the independent ``habits`` family (other people, vocabularies and subtle single-feature
   attacks; Duo): false-positive rate <= 1%, precision >= 0.85, recall >= 0.9, and for every
   attack kind AUROC >= 0.97 of ``anomaly_score`` against all normal events.
@@ -42,7 +42,9 @@ def _run_pipeline(tmp_path, source: str):
     return load_scores(infer.scores_path)
 
 
-@pytest.mark.parametrize("source", ["duo", "azure"])
+# Azure on the default generator is measured by benchmarks/bench_quality.py (set default-azure):
+# its 20-user run at the default model size costs ~3 minutes of the suite on 2 cores.
+@pytest.mark.parametrize("source", ["duo"])
 def test_default_data_meets_the_quality_bar(ray_session, tmp_path, source):
     generate(DatagenConfig(out=str(tmp_path / "data"), sources=[source]), progress=False)  # 20 users, 29 + 2 days
     scores = _run_pipeline(tmp_path, source)

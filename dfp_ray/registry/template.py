@@ -16,6 +16,7 @@ pyfunc model; the registry then logs the directory as an MLflow 3 logged model.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import weakref
@@ -63,7 +64,8 @@ class PyfuncTemplate:
     ) -> None:
         import mlflow.pyfunc
 
-        self._root = Path(tempfile.mkdtemp(prefix="dfp-pyfunc-template-"))
+        _remove_orphans()
+        self._root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._root), True)
         inputs = self._root / "inputs"
         (inputs / model_artifact).mkdir(parents=True)
@@ -112,3 +114,21 @@ class PyfuncTemplate:
         if signature is not None:
             spec["signature"] = signature.to_dict()
         (dest / MLMODEL).write_text(yaml.dump(spec, Dumper=_Dumper, default_flow_style=False))
+
+
+_PREFIX = "dfp-pyfunc-template-"
+
+
+def _remove_orphans() -> None:
+    """Remove the template folders of processes that died without cleaning up (a killed
+    actor's finalizers never run): ``<tmp>/dfp-pyfunc-template-<pid>-*`` whose pid is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = folder.name[len(_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # exists, another user's: leave it
+            continue
