@@ -3,6 +3,9 @@
 The public face of the package; the work is in encoding.py (frame -> tensors), model.py
 (network), trainer.py (training loop, loss statistics), scoring.py (results) and io.py
 (save/load without pickle).
+
+Why over ~400 lines: the model's public API (fit, score, save/load, thresholds, explanations)
+over the encoder and trainer modules.
 """
 
 from __future__ import annotations

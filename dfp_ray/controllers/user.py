@@ -9,6 +9,10 @@ Which rows reach it: a loader (any pool actor) reads one chunk of a batch and sp
 by owning actor (:meth:`UserController.load_for_owners`); each owner receives its parts
 directly, so rows never travel back through the router. The generic model's trainer
 receives every chunk whole.
+
+Why over ~400 lines: one controller whose training, inference, rolling-window and verdict
+methods share the actor's state (model cache, windows, fit lock); each step itself is a
+function of dfp_ray.pipeline.
 """
 
 from __future__ import annotations

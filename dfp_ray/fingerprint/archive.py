@@ -32,6 +32,9 @@ JSON keys are errors), and each weights file is checked against its size and SHA
 Weight *shapes* are checked against the manifest from the safetensors header, before any
 network is built (see :func:`check_weights_header`), so a small archive declaring huge layers
 cannot make the reader allocate memory.
+
+Why over ~400 lines: the fingerprint archive format, written and read (with its validation
+against tampering) in one place so the two cannot drift apart.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ The container format is recognised from the file's content:
 Fingerprintable layers: modules that own parameters (Conv, Linear, BatchNorm, ...) or pool, at
 the finest granularity the format exposes (leaf modules for .pt2 and eager modules, top-level
 submodule calls for TorchScript), in execution order.
+
+Why over ~400 lines: loading a PyTorch model safely and walking its layers for activations are
+one concern (which modules count as layers depends on how the model was loaded).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Why strict: a typo (``"trainig"``, ``"peroid"``) used to be ignored or to crash a stage far
 from its cause; here every field is validated and unknown keys are errors.
+
+Why over ~400 lines: it is the control-message format, one pydantic model per part of it; one
+file is the one place the format is defined.
 """
 from __future__ import annotations
 

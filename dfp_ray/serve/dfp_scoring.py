@@ -20,6 +20,9 @@ them the top features are the largest ``<f>_z_loss`` of the record (:func:`top_f
 
 The Serve side (:mod:`.dfp_deployment`) and the in-process scorer (:mod:`.dfp_scorer`) hold
 the slots; this module only computes.
+
+Why over ~400 lines: the scorer's steps share the per-user slots (same-day history, resolved
+models), and the column-wise answer builder is half of it; both read the same frames.
 """
 
 from __future__ import annotations
