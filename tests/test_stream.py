@@ -114,7 +114,8 @@ def test_a_stream_writes_the_batch_runs_detections_as_it_goes_and_dead_letters_b
 def test_payload_and_streaming_messages_in_one_topic_run_in_arrival_order(live, kafka_broker, docs):
     cfg, pipe = live
     results, written = [], []
-    published = Path(pipe.live_paths()["detections"])
+    # the stream run's own file (the batch run of the test before published its own results since)
+    published = Path(pipe.live_paths()["run_folder"]) / "dfp_detections_duo.csv"
 
     def on_result(res, origin) -> None:  # rows in the stream run's detections file after each message
         results.append((res, origin))
