@@ -47,7 +47,7 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
     generate(DatagenConfig(**kw), progress=False)
     cfg = load_config(None, {"source": args.source, "state_dir": str(work / "state"),
                              "output.directory": str(work / "out"), "cache_loaded_files": False,
-                             **extra, **overrides_from_strings(args.overrides)})
+                             "input.data_roots": [str(work)], **extra, **overrides_from_strings(args.overrides)})
     pipe = Pipeline(cfg)
     msgs = work / "data" / "control_messages"
     try:
@@ -56,6 +56,9 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
                 for _ in range(repeat)]
     finally:
         pipe.shutdown()
+    for summary in (train, *runs):  # a figure of a rejected message would be a figure of nothing
+        if not summary.ok:
+            raise SystemExit(f"bench_pipeline: a message was rejected: {summary.rejections}")
     cold, best = runs[0], min(runs, key=lambda r: r.seconds)
     stages = best.messages_detail[0].stage_seconds
     return {
