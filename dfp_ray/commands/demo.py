@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from dfp_ray.runner import run as run_pipeline
     from dfp_ray.tools.datagen import DatagenConfig, generate
     from dfp_ray.tools.evaluation import (
+        default_rule,
         evaluate,
         format_evaluation,
         load_ground_truth,
@@ -84,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"[4/4] {source}: evaluation against the injected ground truth")
         scores = load_scores(infer.scores_path)
         truth = load_ground_truth(data_dir / source / "ground_truth.csv")
-        result = evaluate(scores, truth, threshold=cfg.detection.threshold)
+        # the rule the pipeline detected with: anomaly_score > 1 (each row's own threshold)
+        column, threshold = default_rule(scores, None, None)
+        result = evaluate(scores, truth, threshold=threshold, score_column=column)
         print(format_evaluation(result))
         ok, reasons = meets_quality_bar(result)
         print("quality bar (precision>=0.9, recall>=0.9, FPR<=1%):", "MET" if ok else "NOT MET: " + "; ".join(reasons))
-        report = write_html_report(scores, out / source / "report.html", threshold=cfg.detection.threshold,
+        report = write_html_report(scores, out / source / "report.html", threshold=threshold, score_column=column,
                                    ground_truth=truth, title=f"dfp_ray demo: {source}",
                                    evaluation=result)
         print(f"      report: {report}")
