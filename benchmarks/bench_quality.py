@@ -126,6 +126,7 @@ def plain_scores(scored, models, schema):
 
 def run_set(name: str, profile: str, work: Path, args) -> list:
     import numpy as np
+    import yaml
 
     from dfp_ray.autoencoder import AutoencoderParams
     from dfp_ray.config import DetectionConfig
@@ -136,7 +137,10 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
     qset = load_set(name, work, args, schema_for)
     cfg = shipped_config(qset.schema.name)
     params = morpheus_params() if profile == "morpheus" else cfg.autoencoder
-    params = AutoencoderParams.model_validate({**params.model_dump(), "device": "cpu", "num_threads": None})
+    overrides = {} if profile == "morpheus" else {
+        k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    params = AutoencoderParams.model_validate(
+        {**params.model_dump(), "device": "cpu", "num_threads": None, **overrides})
     min_rows = 10 if profile == "morpheus" else cfg.min_train_rows
     started = time.perf_counter()
     models = Q.train_models(qset, params, min_train_rows=min_rows)
@@ -188,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--habits-users", type=int, default=72, help="users of the habits sets")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lanl", default=str(LANL_DIR), help="folder with the LANL sample and red-team file")
+    parser.add_argument("--set", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
+                        help="autoencoder parameter of the 'ours' profile, e.g. --set width_rule=fixed (repeatable)")
     parser.add_argument("--keep", default=None, help="folder to keep every scored set in (pickles), for analysis")
     args = parser.parse_args(argv)
 

@@ -405,7 +405,7 @@ def test_morpheus_defaults_and_layer_sizes():
         77,
         600,
     ]
-    model = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(epochs=1, device="cpu"))
+    model = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(epochs=1, device="cpu", width_rule="fixed"))
     model.fit(make_frame(64))
     linear = [m for m in model.network.modules() if isinstance(m, torch.nn.Linear)]
     embeds = sum(model.embedding_dims)

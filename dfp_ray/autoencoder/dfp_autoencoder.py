@@ -17,7 +17,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,22 @@ def _check_features(categorical: list[str], numeric: list[str], binary: list[str
         raise ValueError("no feature columns: give at least one categorical, numeric or binary column")
 
 
+@dataclass
+class _FitState:
+    """A fit between its set-up and its end (see :meth:`DFPAutoencoder._begin_fit`)."""
+
+    started: float
+    n_rows: int
+    n_val: int
+    device: torch.device
+    encoder: FeatureEncoder
+    train: EncodedFrame
+    val: EncodedFrame | None
+    network: DFPNetwork
+    generator: torch.Generator
+    elapsed: float | None = None  # grouped fits: own set-up + share of the group's loop (None: wall time)
+
+
 class DFPAutoencoder:
     """Morpheus-compatible DFP autoencoder (see docs/autoencoder.md), implemented from scratch in torch.
 
@@ -138,6 +155,9 @@ class DFPAutoencoder:
         self.numeric = numeric
         self.binary = binary
         self.params = params if params is not None else AutoencoderParams()
+        # What was asked for: a fit resolves the width rule into ``params`` (the widths used, which
+        # are saved with the model) and a refit resolves it again from here.
+        self.requested_params = self.params
         self.encoder: FeatureEncoder | None = None
         self.network: DFPNetwork | None = None
         self.embedding_dims: list[int] = []
@@ -235,6 +255,20 @@ class DFPAutoencoder:
         model) lends its loss stds to features this model saw little variation of
         (``params.prior_rows``).
         """
+        p = self.params
+        keep = p.num_threads if p.num_threads is not None or threads is None else torch.get_num_threads()
+        with torch_threads(keep), contextlib.ExitStack() as global_rng:
+            state = self._begin_fit(df, global_rng)
+            facts = train_network(
+                state.network, state.train, state.val, self.params, state.device, state.generator,
+                progress=progress, threads=threads,
+            )
+            if threads is not None:
+                set_threads(threads())
+            return self._finish_fit(state, facts, prior)
+
+    def _begin_fit(self, df: pd.DataFrame, global_rng: contextlib.ExitStack) -> _FitState:
+        """Everything before the training loop: split, vocabularies, encoding, initial weights."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"fit() needs a pandas DataFrame, got {type(df).__name__}")
         n_rows = len(df)
@@ -243,7 +277,7 @@ class DFPAutoencoder:
                 f"fit() needs at least 2 rows to train a model, got {n_rows}; score users with fewer "
                 f"events with a model trained on more rows (e.g. the generic one)"
             )
-        p = self.params
+        p = self.params = self.requested_params
         started = time.perf_counter()
         n_val = math.ceil(n_rows * p.validation_fraction) if p.validation_fraction > 0 else 0
         n_val = min(n_val, n_rows - 1)
@@ -254,43 +288,49 @@ class DFPAutoencoder:
                 "precision='bf16' on a CPU without native bfloat16 (no avx512_bf16/amx_bf16 flag): torch "
                 "emulates it, ~16x slower than fp32 here (measured on an AVX2 AMD Zen 3); use precision 'fp32'"
             )
-
-        keep = p.num_threads if p.num_threads is not None or threads is None else torch.get_num_threads()
-        with torch_threads(keep), contextlib.ExitStack() as global_rng:
-            encoder = FeatureEncoder.fit(
-                train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories,
-                numeric_scale=self.numeric_scale, category_min_count=self.category_min_count,
+        encoder = FeatureEncoder.fit(
+            train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories,
+            numeric_scale=self.numeric_scale, category_min_count=self.category_min_count,
+        )
+        train = encoder.transform(train_df).to(device)
+        val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
+        if p.width_rule != "fixed":  # the widths this model's rows get, stored with it (params)
+            encoder_layers, decoder_layers = p.widths_for(len(train))
+            p = self.params = p.model_copy(
+                update={"encoder_layers": encoder_layers, "decoder_layers": decoder_layers, "width_rule": "fixed"}
             )
-            train = encoder.transform(train_df).to(device)
-            val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
-            global_rng.enter_context(_seeded_global_rng(p.seed, device))
+        with contextlib.ExitStack() as init_rng:
+            init_rng.enter_context(_seeded_global_rng(p.seed, device))
             network = self._build_network(encoder).to(device)  # initial weights: global RNG
-            if not p.dropout:  # dropout draws from the global RNG in every step: keep it to the end
-                global_rng.close()
-            network.use_onednn = self._use_onednn(device)
-            generator = torch.Generator(device=device)
-            if p.seed is not None:
-                generator.manual_seed(p.seed)
-            else:
-                generator.seed()
-            facts = train_network(network, train, val, p, device, generator, progress=progress, threads=threads)
-            if threads is not None:
-                set_threads(threads())
-            stats = loss_statistics(network, train, p.eval_batch_size, device, p.precision)
-            stats.scale = robust_scale(
-                stats.std, p.loss_std_floor, self._prior_std(prior), len(train), p.prior_rows
-            )
-            holdout = (
-                raw_scores(network, val, stats, p.eval_batch_size, device, p.precision) if val is not None else np.empty(0)
-            )
-            in_sample = np.empty(0)
-            if p.calibration_rows:
-                picks = np.unique(np.linspace(0, len(train) - 1, min(p.calibration_rows, len(train))).astype(np.int64))
-                index = torch.from_numpy(picks).to(device)
-                sample = train if len(picks) == len(train) else EncodedFrame(train.codes[index], train.dense[index])
-                in_sample = raw_scores(network, sample, stats, p.eval_batch_size, device, p.precision)
+            if p.dropout:  # dropout draws from the global RNG in every step: keep it to the end
+                global_rng.enter_context(init_rng.pop_all())
+        network.use_onednn = self._use_onednn(device)
+        generator = torch.Generator(device=device)
+        if p.seed is not None:
+            generator.manual_seed(p.seed)
+        else:
+            generator.seed()
+        return _FitState(started=started, n_rows=n_rows, n_val=n_val, device=device, encoder=encoder,
+                         train=train, val=val, network=network, generator=generator)
 
-        self.encoder, self.network, self.device = encoder, network, device
+    def _finish_fit(self, state: _FitState, facts: dict, prior: DFPAutoencoder | None) -> TrainingReport:
+        """Everything after the training loop: loss statistics, calibration, the report."""
+        p = self.params
+        finishing = time.perf_counter()
+        network, train, val, device = state.network, state.train, state.val, state.device
+        stats = loss_statistics(network, train, p.eval_batch_size, device, p.precision)
+        stats.scale = robust_scale(stats.std, p.loss_std_floor, self._prior_std(prior), len(train), p.prior_rows)
+        holdout = (
+            raw_scores(network, val, stats, p.eval_batch_size, device, p.precision) if val is not None else np.empty(0)
+        )
+        in_sample = np.empty(0)
+        if p.calibration_rows:
+            picks = np.unique(np.linspace(0, len(train) - 1, min(p.calibration_rows, len(train))).astype(np.int64))
+            index = torch.from_numpy(picks).to(device)
+            sample = train if len(picks) == len(train) else EncodedFrame(train.codes[index], train.dense[index])
+            in_sample = raw_scores(network, sample, stats, p.eval_batch_size, device, p.precision)
+
+        self.encoder, self.network, self.device = state.encoder, network, device
         self.n_train_rows = len(train)
         self._set_stats(stats)
         self.calibration = Calibration.from_scores(holdout, in_sample)
@@ -302,10 +342,13 @@ class DFPAutoencoder:
             val_feature_loss=(
                 {f: float(val_means[j]) for j, f in enumerate(features)} if val_means is not None else {}
             ),
-            seconds=time.perf_counter() - started,
-            rows=n_rows,
+            seconds=(
+                time.perf_counter() - state.started if state.elapsed is None
+                else state.elapsed + time.perf_counter() - finishing
+            ),
+            rows=state.n_rows,
             train_rows=len(train),
-            val_rows=n_val,
+            val_rows=state.n_val,
             device=str(device),
         )
         return self.training_report
@@ -413,3 +456,73 @@ class DFPAutoencoder:
         if metadata.get("training_report") is not None:
             model.training_report = TrainingReport.model_validate(metadata["training_report"])
         return model
+
+
+def fit_many(
+    models: Sequence[DFPAutoencoder],
+    frames: Sequence[pd.DataFrame],
+    priors: Sequence[DFPAutoencoder | None] | None = None,
+    *,
+    group_size: int = 32,
+    threads: Callable[[], int] | None = None,
+) -> list[TrainingReport]:
+    """``models[i].fit(frames[i], prior=priors[i])`` for every i, small models trained in groups.
+
+    The result is each model's own fit (see :mod:`dfp_ray.autoencoder.batched`: same initial
+    weights, random draws, schedule and stopping; equal up to floating-point summation order);
+    only the wall time differs. Models whose networks have the same layout and whose parameters
+    are equal train ``group_size`` at a time; the others (dropout, layers wider than
+    ``group_max_width``, a single model, differing parameters) train one by one. Each report's ``seconds`` is the model's own set-up and
+    statistics plus an equal share of its group's training loop.
+    """
+    from .batched import FitInput, can_group, signature, train_group
+
+    if len(models) != len(frames):
+        raise ValueError(f"fit_many() needs one frame per model, got {len(models)} models and {len(frames)} frames")
+    priors = list(priors) if priors is not None else [None] * len(models)
+    reports: list[TrainingReport | None] = [None] * len(models)
+    if not models:
+        return []
+    p0 = models[0].params
+    keep = p0.num_threads if p0.num_threads is not None or threads is None else torch.get_num_threads()
+    with torch_threads(keep):
+        if threads is not None:
+            set_threads(threads())
+        states: dict[int, _FitState] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, (model, frame) in enumerate(zip(models, frames, strict=True)):
+            if model.requested_params.dropout:  # its own fit, global random stream and all
+                reports[i] = model.fit(frame, threads=threads, prior=priors[i])
+                continue
+            with contextlib.ExitStack() as global_rng:
+                state = states[i] = model._begin_fit(frame, global_rng)
+            state.elapsed = time.perf_counter() - state.started
+            if not can_group(model.params):  # too wide to gain: alone
+                facts = train_network(state.network, state.train, state.val, model.params, state.device,
+                                      state.generator, threads=threads)
+                state.elapsed = None
+                reports[i] = model._finish_fit(state, facts, priors[i])
+                continue
+            key = (signature(state.network, model.params), str(state.device), model.params.model_dump_json())
+            groups.setdefault(key, []).append(i)
+        size = max(1, group_size)
+        for members in groups.values():
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                began = time.perf_counter()
+                if len(chunk) == 1:
+                    s, p = states[chunk[0]], models[chunk[0]].params
+                    facts_list = [train_network(s.network, s.train, s.val, p, s.device, s.generator)]
+                else:
+                    facts_list = train_group(
+                        [FitInput(states[i].network, states[i].train, states[i].val, states[i].generator)
+                         for i in chunk],
+                        models[chunk[0]].params, states[chunk[0]].device,
+                    )
+                share = (time.perf_counter() - began) / len(chunk)
+                for i, facts in zip(chunk, facts_list, strict=True):
+                    state = states[i]
+                    assert state.elapsed is not None
+                    state.elapsed += share
+                    reports[i] = models[i]._finish_fit(state, facts, priors[i])
+    return [r for r in reports if r is not None]

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ from dfp_ray.pipeline.inference import score_users
 from dfp_ray.pipeline.mlflow_model_writer import write_model
 from dfp_ray.pipeline.rolling_window import RollingWindow, is_passthrough
 from dfp_ray.pipeline.split_users import filter_users, split_by_owner, split_by_user
-from dfp_ray.pipeline.training import too_few_rows, train_model
+from dfp_ray.pipeline.training import too_few_rows, train_model, train_models
 from dfp_ray.readers.frame_cache import FrameCache
 from dfp_ray.registry.errors import RegistryError
 from dfp_ray.registry.names import GENERIC_SLOT, safe_user_name, user_label
@@ -69,6 +70,20 @@ def concat_parts(parts: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
     if not present:
         return None
     return pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
+
+
+@dataclass
+class _TrainJob:
+    """One model to train, between :meth:`UserController._begin_train` and ``_end_train``."""
+
+    user: str | None
+    frame: UserFrame
+    data_type: str
+    work: WorkKey | None
+    start: float
+    base: dict
+    streaming: bool
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 class UserController:
@@ -243,8 +258,18 @@ class UserController:
             todo.extend((u, f) for u, f in split_by_user(users, self.schema.user_column)
                         if work is None or work.wants(u))
         # stable sort: equal sizes keep the generic model first, then users by name
+        params = self.cfg.autoencoder
+        group: list[tuple[str, UserFrame]] = []
         for user, frame in sorted(todo, key=lambda w: -len(w[1])):
+            if user is not None and params.group_size > 1 and len(frame) < params.group_max_rows:
+                group.append((user, frame))
+                if len(group) == params.group_size:
+                    yield from self.train_group(group, data_type, work=work)
+                    group = []
+                continue
             yield self.train(user, frame, data_type, fit_id if user is None else None, work=work)
+        if group:
+            yield from self.train_group(group, data_type, work=work)
 
     def train(
         self, user: str | None, frame: UserFrame, data_type: str = "payload", fit_id: str | None = None,
@@ -257,72 +282,121 @@ class UserController:
         ``fit_id`` names this call for :meth:`widen_fit` (any string unique per call). With a
         ``work`` key the version is tagged with it, and on a retry a version already tagged so
         (registered just before the actor died) is reported instead of training again."""
-        start = time.perf_counter()
-        base = {"user": user_label(user), "generic": user is None, "worker": self.worker_index}
+        job = self._begin_train(user, frame, data_type, work)
+        if isinstance(job, TrainResult):
+            return job
+        try:
+            with self._fit_lock:
+                self._fit_id = fit_id
+                try:
+                    fitted = self._fit(user, job.frame)
+                finally:
+                    self._fit_id, self._finished_fit_id = None, fit_id
+                    self._widen.pop(fit_id, None)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - reported in the result, the message goes on
+            return self._failed(job, exc)
+        return self._end_train(job, fitted)
+
+    def train_group(
+        self, users: Sequence[tuple[str, UserFrame]], data_type: str = "payload", *, work: WorkKey | None = None
+    ) -> Iterator[TrainResult]:
+        """:meth:`train` for several users whose models fit together as one stacked network
+        (``autoencoder.group_size``; the same models as one at a time, see
+        :mod:`dfp_ray.autoencoder.batched`). Yields one result per user, in order."""
+        jobs = [self._begin_train(user, frame, data_type, work) for user, frame in users]
+        pending = [j for j in jobs if not isinstance(j, TrainResult)]
+        fitted: dict[int, object] = {}
+        failure: Exception | None = None
+        if pending:
+            try:
+                with self._fit_lock:
+                    fitted = dict(zip((id(j) for j in pending), self._fit_many([j for j in pending]), strict=True))
+            except Exception as exc:  # noqa: BLE001 - every user of the group reports it
+                failure = exc
+        for job in jobs:
+            if isinstance(job, TrainResult):
+                yield job
+            elif failure is not None:
+                yield self._failed(job, failure)
+            else:
+                yield self._end_train(job, fitted[id(job)])
+
+    def _begin_train(
+        self, user: str | None, frame: UserFrame, data_type: str, work: WorkKey | None
+    ) -> TrainResult | _TrainJob:
+        """Everything before the fit: the rolling window (streaming) and the retry check. Returns
+        the result when nothing is to be fitted, else the job to fit."""
+        job = _TrainJob(user=user, frame=frame, data_type=data_type, work=work, start=time.perf_counter(),
+                        base={"user": user_label(user), "generic": user is None, "worker": self.worker_index},
+                        streaming=data_type == "streaming" and not is_passthrough(self.cfg.window))
         if user is not None:
             self.users_seen.add(user)
-        streaming = data_type == "streaming" and not is_passthrough(self.cfg.window)
-        counts: dict[str, int] = {}
         try:
-            if streaming:
+            if job.streaming:
                 win = self._window(user)
                 malicious = self.labels.malicious()
                 win.exclude(malicious)  # verdicts that came after the rows did
                 appended = win.append(frame, work=work.tag if work is not None else None, exclude=malicious)
                 metrics.windows_held(self.worker_index, self.windows)
-                counts = {"window_added": appended.added, "window_duplicates": appended.duplicates}
+                job.counts = {"window_added": appended.added, "window_duplicates": appended.duplicates}
                 if appended.already_applied:
-                    return TrainResult(**base, rows=len(frame), trained=False,
+                    return TrainResult(**job.base, rows=len(frame), trained=False,
                                        reason="already counted by the rolling window (a redelivered message): "
                                        "nothing to do")
                 if appended.emitted is None:
                     self._save_window(user)
-                    return TrainResult(**base, rows=len(frame), trained=False, reason=win.waiting_reason(), **counts)
+                    return TrainResult(**job.base, rows=len(frame), trained=False, reason=win.waiting_reason(),
+                                       **job.counts)
                 # Due: the window is saved only once the model is registered, so an actor or stream
                 # that dies in between finds these rows still new when the batch comes again.
-                frame = appended.emitted
+                job.frame = appended.emitted
             if work is not None and work.retry:
                 done = self.registry.version_with_tag(self.cfg.source, user, WORK_TAG, work.tag)
                 if done is not None:
                     self.cache.invalidate(self.cfg.source, user)
-                    if streaming:
+                    if job.streaming:
                         self._save_window(user)
-                    return TrainResult(**base, rows=len(frame), trained=True, model_version=done.label,
-                                       seconds=time.perf_counter() - start, **counts,
+                    return TrainResult(**job.base, rows=len(job.frame), trained=True, model_version=done.label,
+                                       seconds=time.perf_counter() - job.start, **job.counts,
                                        reason="registered before a restart; not trained again")
-            with self._fit_lock:
-                self._fit_id = fit_id
-                try:
-                    fitted = self._fit(user, frame)
-                finally:
-                    self._fit_id, self._finished_fit_id = None, fit_id
-                    self._widen.pop(fit_id, None)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - reported in the result, the message goes on
+            return self._failed(job, exc)
+        return job
+
+    def _end_train(self, job: _TrainJob, fitted) -> TrainResult:
+        """After the fit: register the model (or report why there is none)."""
+        user = job.user
+        try:
             if isinstance(fitted, str):
-                if streaming:
+                if job.streaming:
                     self._save_window(user)
-                return TrainResult(**base, rows=len(frame), trained=False, reason=fitted, **counts)
+                return TrainResult(**job.base, rows=len(job.frame), trained=False, reason=fitted, **job.counts)
             model, report, prepared = fitted
             registering = time.perf_counter()
-            tags = {"data_type": data_type, **({WORK_TAG: work.tag} if work is not None else {})}
+            tags = {"data_type": job.data_type, **({WORK_TAG: job.work.tag} if job.work is not None else {})}
             ref = write_model(self.registry, source=self.cfg.source, user=user, model=model, report=report,
                               schema=self.schema, prepared=prepared, tags=tags)
             self.cache.put(self.cfg.source, user, model, ref)
-            if streaming:  # the emitted window is checkpointed only once registered
+            if job.streaming:  # the emitted window is checkpointed only once registered
                 self._save_window(user)
         except Exception as exc:  # noqa: BLE001 - reported in the result, the message goes on
-            if streaming:
-                self._forget_window(user)
-            log.exception("training %s failed", user_label(user))
-            return TrainResult(**base, rows=len(frame), trained=False, reason=f"error: {type(exc).__name__}: {exc}",
-                               retryable=isinstance(exc, RETRYABLE), **counts)
+            return self._failed(job, exc)
         return TrainResult(
-            **base, rows=len(prepared), trained=True, model_version=ref.label,
-            seconds=time.perf_counter() - start, fit_seconds=report.seconds,
+            **job.base, rows=len(prepared), trained=True, model_version=ref.label,
+            seconds=time.perf_counter() - job.start, fit_seconds=report.seconds,
             register_seconds=time.perf_counter() - registering,
             epochs_run=report.epochs_run, best_val_loss=report.best_val_loss,
-            fit_threads=self._last_fit_threads, **counts,
+            fit_threads=self._last_fit_threads, **job.counts,
             holdout=_holdout_of(model) if user is not None else None,
         )
+
+    def _failed(self, job: _TrainJob, exc: BaseException) -> TrainResult:
+        if job.streaming:
+            self._forget_window(job.user)
+        log.error("training %s failed", user_label(job.user), exc_info=exc)
+        return TrainResult(**job.base, rows=len(job.frame), trained=False,
+                           reason=f"error: {type(exc).__name__}: {exc}", retryable=isinstance(exc, RETRYABLE),
+                           **job.counts)
 
     def widen_fit(self, threads: int, fit_id: str) -> int:
         """Let the fit of the train call ``fit_id`` use ``threads`` intra-op threads from its
@@ -358,6 +432,32 @@ class UserController:
         Rows with a malicious verdict are dropped; rows with a benign verdict (the user's, or
         everyone's for the generic model) are added, ``labels.benign_weight`` times each, in the
         training part of the fit (see :mod:`dfp_ray.labels`)."""
+        rows = self._with_verdicts(user, frame)
+        if isinstance(rows, str):
+            return rows
+        frame, extra = rows
+        return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads, extra_rows=extra)
+
+    def _fit_many(self, jobs: Sequence[_TrainJob]) -> list:
+        """:meth:`_fit` for a group of users, fitted together (see :meth:`train_group`)."""
+        out: list = [None] * len(jobs)
+        todo: list[tuple[int, UserFrame, pd.DataFrame | None]] = []
+        for i, job in enumerate(jobs):
+            rows = self._with_verdicts(job.user, job.frame)
+            if isinstance(rows, str):
+                out[i] = rows
+            else:
+                todo.append((i, *rows))
+        if todo:
+            self._fit_id = None
+            fitted = train_models([f for _, f, _ in todo], self.schema, self.cfg.autoencoder,
+                                  threads=self._fit_threads, extra_rows=[e for _, _, e in todo])
+            for (i, _, _), result in zip(todo, fitted, strict=True):
+                out[i] = result
+        return out
+
+    def _with_verdicts(self, user: str | None, frame: UserFrame) -> tuple[UserFrame, pd.DataFrame | None] | str:
+        """The rows to fit after the analyst verdicts, and the benign rows to add; or why no fit."""
         malicious = self.labels.malicious()
         if malicious and len(frame):
             keep = ~row_keys(frame, self.schema.event_id_column).isin(malicious)
@@ -373,7 +473,7 @@ class UserController:
         if len(benign):
             weight = self.cfg.labels.benign_weight
             extra = pd.concat([benign] * weight, ignore_index=True) if weight > 1 else benign
-        return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads, extra_rows=extra)
+        return frame, extra
 
     # ---- inference ----------------------------------------------------------------------
     def _population(self):

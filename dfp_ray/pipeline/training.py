@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -43,13 +43,51 @@ def train_model(
     :mod:`dfp_ray.labels`) placed before the time-ordered rows, so they are always in the
     training part of the split, never in its validation tail.
     """
+    prepared = _prepared(frame, schema, extra_rows)
+    model = _new_model(schema, params)
+    report = model.fit(prepared, threads=threads, prior=prior)
+    return model, report, prepared
+
+
+def train_models(
+    frames: Sequence[UserFrame],
+    schema: SourceSchema,
+    params: AutoencoderParams,
+    *,
+    threads: Callable[[], int] | None = None,
+    extra_rows: Sequence[PreparedFrame | None] | None = None,
+    prior: DFPAutoencoder | None = None,
+) -> list[tuple[DFPAutoencoder, TrainingReport, PreparedFrame]]:
+    """:func:`train_model` for many users at once: the same models, those with fewer than
+    ``params.group_max_rows`` rows fitted ``params.group_size`` at a time as one stacked network
+    (see :func:`dfp_ray.autoencoder.dfp_autoencoder.fit_many`)."""
+    from dfp_ray.autoencoder.dfp_autoencoder import fit_many
+
+    extras = list(extra_rows) if extra_rows is not None else [None] * len(frames)
+    prepared = [_prepared(f, schema, e) for f, e in zip(frames, extras, strict=True)]
+    models = [_new_model(schema, params) for _ in frames]
+    small = [i for i, f in enumerate(prepared) if len(f) < params.group_max_rows]
+    reports: dict[int, TrainingReport] = {}
+    if small:
+        fitted = fit_many([models[i] for i in small], [prepared[i] for i in small], [prior] * len(small),
+                          group_size=params.group_size, threads=threads)
+        reports.update(zip(small, fitted, strict=True))
+    for i, (model, frame) in enumerate(zip(models, prepared, strict=True)):
+        if i not in reports:
+            reports[i] = model.fit(frame, threads=threads, prior=prior)
+    return [(models[i], reports[i], prepared[i]) for i in range(len(models))]
+
+
+def _prepared(frame: UserFrame, schema: SourceSchema, extra_rows: PreparedFrame | None) -> PreparedFrame:
     prepared = prepare_features(frame, schema)
     if extra_rows is not None and len(extra_rows):
         prepared = pd.concat([extra_rows.reindex(columns=prepared.columns), prepared], ignore_index=True)
-    model = DFPAutoencoder(
+    return prepared
+
+
+def _new_model(schema: SourceSchema, params: AutoencoderParams) -> DFPAutoencoder:
+    return DFPAutoencoder(
         categorical=schema.features.categorical, numeric=schema.features.numeric,
         binary=schema.features.binary, params=params, numeric_scale=schema.numeric_scales(),
         category_min_count=schema.features.min_count,
     )
-    report = model.fit(prepared, threads=threads, prior=prior)
-    return model, report, prepared

@@ -84,15 +84,14 @@ def train_models(
     import time
 
     from dfp_ray.pipeline.split_users import split_by_user
-    from dfp_ray.pipeline.training import too_few_rows, train_model
+    from dfp_ray.pipeline.training import too_few_rows, train_model, train_models
 
     started = time.perf_counter()
     generic = train_model(qset.train, qset.schema, params)[0] if train_generic else None
-    users: dict[str, DFPAutoencoder] = {}
-    for user, frame in split_by_user(qset.train, qset.schema.user_column):
-        if too_few_rows(len(frame), min_train_rows):
-            continue
-        users[user] = train_model(frame, qset.schema, params, prior=generic)[0]
+    todo = [(user, frame) for user, frame in split_by_user(qset.train, qset.schema.user_column)
+            if not too_few_rows(len(frame), min_train_rows)]
+    fitted = train_models([f for _, f in todo], qset.schema, params, prior=generic)
+    users: dict[str, DFPAutoencoder] = {user: model for (user, _), (model, _, _) in zip(todo, fitted, strict=True)}
     return TrainedModels(generic=generic, users=users, seconds=time.perf_counter() - started)
 
 
