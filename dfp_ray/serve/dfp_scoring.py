@@ -153,6 +153,7 @@ class SourceRuntime:
         self.generic_name = self.registry.model_name(self.cfg.source, None)
         self.lock = threading.Lock()  # one scoring call at a time per source: histories are read and written
         self.fast = FastMapper(self.schema)  # plain records skip the pandas frames (see .dfp_fast)
+        self.use_fast = True  # False: every request the pandas way (the benchmark's comparison)
 
     # ------------------------------------------------------------------ mapping
     def map_records(self, records: Sequence[Any]) -> tuple[pd.DataFrame | MappedRows, dict[int, dict[str, Any]]]:
@@ -166,7 +167,7 @@ class SourceRuntime:
         once; a record that is not a JSON object, that the mapping drops, or that has no user or
         time gets an error naming the field, and the others go on."""
         try:
-            fast = self.fast.map(records)
+            fast = self.fast.map(records) if self.use_fast else None
         except Exception as exc:  # noqa: BLE001 - the pandas path decides and explains
             log.debug("fast mapping failed (%s); mapping with pandas", exc)
             fast = None
