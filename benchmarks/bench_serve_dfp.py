@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import pandas as pd  # noqa: E402
 from serve_helpers import app_config, free_port, start_apps, train_dfp_registry  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
@@ -89,38 +90,46 @@ async def drive(call, records: Records, size: int, clients: int, seconds: float,
             "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
 
 
-def stage_profile(service, base: list[dict]) -> dict[int, dict[str, float]]:
-    """CPU seconds per scoring call by stage, in-process (where the time goes)."""
+def stage_profile(service, base: list[dict]) -> dict[str, dict[int, dict[str, float]]]:
+    """CPU seconds per scoring call by stage, in-process (where the time goes), for the pandas
+    path (every step on frames) and the fast path (dfp_ray/serve/dfp_fast.py) side by side."""
     from dfp_ray.serve.dfp_scorer import LocalScorer, model_id
     from dfp_ray.serve.dfp_scoring import result_records
 
-    scorer = LocalScorer(service)
-    rt = scorer.runtime("duo")
-    recs = Records(base)
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for path in ("pandas", "fast"):
+        scorer = LocalScorer(service)
+        rt = scorer.runtime("duo")
+        rt.use_fast = path == "fast"
+        recs = Records(base)
 
-    async def slots(users):
-        return {u: await scorer.get_slot(model_id("duo", u)) for u in users}
+        async def slots(users, _scorer=scorer):
+            return {u: await _scorer.get_slot(model_id("duo", u)) for u in users}
 
-    held = asyncio.run(slots(sorted({r["user"]["name"] for r in base})))
-    out = {}
-    for size in (1, 100, 3200):
-        reps = max(3, min(30, 3000 // size))
-        cpu = {"map": 0.0, "prep+inference": 0.0, "answer": 0.0}
-        for rep in range(reps + 1):
-            batch = recs.take(size)
-            c0 = time.process_time()
-            mapped, errors = rt.map_records(batch)
-            c1 = time.process_time()
-            with rt.lock:
-                res = rt.score(mapped, held)
-            c2 = time.process_time()
-            result_records(res, errors, len(batch))
-            c3 = time.process_time()
-            if rep:  # the first is a warm-up
-                cpu["map"] += c1 - c0
-                cpu["prep+inference"] += c2 - c1
-                cpu["answer"] += c3 - c2
-        out[size] = {k: 1000 * v / reps for k, v in cpu.items()}
+        held = asyncio.run(slots(sorted({r["user"]["name"] for r in base})))
+        out[path] = {}
+        for size in (1, 100, 3200):
+            reps = max(3, min(30, 3000 // size))
+            cpu = {"map": 0.0, "prep+inference": 0.0, "answer": 0.0}
+            for rep in range(reps + 1):
+                batch = recs.take(size)
+                c0 = time.process_time()
+                mapped, errors = rt.map_records(batch)
+                c1 = time.process_time()
+                with rt.lock:
+                    if isinstance(mapped, pd.DataFrame):
+                        res = rt.score(mapped, held)
+                    else:
+                        fast = rt.score_fast(mapped, held)
+                        res = [fast.cols]
+                c2 = time.process_time()
+                result_records(res, errors, len(batch))
+                c3 = time.process_time()
+                if rep:  # the first is a warm-up
+                    cpu["map"] += c1 - c0
+                    cpu["prep+inference"] += c2 - c1
+                    cpu["answer"] += c3 - c2
+            out[path][size] = {k: 1000 * v / reps for k, v in cpu.items()}
     return out
 
 
@@ -205,11 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         freeze_heap()  # as the replicas do when they start (see its docstring)
         profile = stage_profile(service, reg.inference_records)
         results["stage_cpu_ms"] = profile
-        print("\nwhere the time goes (in-process, CPU ms per scoring call):")
-        print(f"  {'records':>8} {'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11}")
-        for size, st in profile.items():
-            print(f"  {size:>8} {st['map']:>8.1f} {st['prep+inference']:>15.1f} {st['answer']:>8.1f} "
-                  f"{sum(st.values()) / size:>10.2f}", flush=True)
+        print("\nwhere the time goes (in-process, CPU ms per scoring call; pandas path | fast path):")
+        print(f"  {'records':>8} {'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11} | "
+              f"{'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11}")
+        for size in profile["pandas"]:
+            cells = []
+            for path in ("pandas", "fast"):
+                st = profile[path][size]
+                cells.append(f"{st['map']:>8.1f} {st['prep+inference']:>15.1f} {st['answer']:>8.1f} "
+                             f"{sum(st.values()) / size:>10.2f}")
+            print(f"  {size:>8} {cells[0]} | {cells[1]}", flush=True)
 
         port = free_port()
         app = start_apps(port, {"bench": (cfg, "/")})["bench"]

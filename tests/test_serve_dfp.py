@@ -346,3 +346,44 @@ def test_no_input_we_know_of_gives_a_500(batch_equal_run, app, registry):
 
     r = requests.post(app.url + "/dfp/duo/score", data=chunked(), headers=app.headers, timeout=TIMEOUT)
     assert r.status_code == 413, r.status_code
+
+
+def test_the_fast_path_answers_exactly_as_the_pandas_path(registry, tmp_path):
+    """Every answer field of the fast path (dfp_ray/serve/dfp_fast.py) equals the pandas path's for
+    the same requests, in-process (the library, no Serve): the day in time order, several users
+    a request, then out-of-order records, next-day records, unknown values, a user with no model
+    of its own, and a request the fast mapper declines (a bad record among good ones)."""
+    import asyncio
+
+    from dfp_ray.serve.config import resolved
+    from dfp_ray.serve.dfp_fast import MappedRows
+    from dfp_ray.serve.dfp_ingress import DfpIngress, LocalBackend
+
+    cfg = app_config(tmp_path, "fast_vs_pandas", {"dfp": {
+        "sources": {"duo": {"pipeline": {"state_dir": registry.cfg.state_dir}}}, "refresh_s": 600.0}})
+    service = resolved(cfg).dfp
+    records = registry.inference_records
+    day2 = records[-1]["timestamp"] + 86_400
+    odd = [copy.deepcopy(records[0]), copy.deepcopy(records[len(records) // 2])]  # out of order
+    odd[1]["access_device"]["browser"] = "NeverSeenBrowser"
+    odd[1]["access_device"]["location"]["city"] = "Atlantis"
+    odd[1]["application"] = None
+    requests_ = [records[i:i + 7] for i in range(0, len(records), 7)] + [
+        odd, [on_day(records[i], records[i]["user"]["name"], day2 + i) for i in range(5)],
+        [on_day(records[1], "nobody-has-a-model", day2 + 60)],
+        [records[2], {"user": "not an object"}, on_day(records[3], records[3]["user"]["name"], day2 + 90)]]
+
+    async def answers(fast: bool) -> list[dict]:
+        ingress = DfpIngress(service, LocalBackend(service))
+        rt = ingress.runtime("duo")
+        rt.use_fast = fast
+        taken = [isinstance(rt.map_records(copy.deepcopy(body))[0], MappedRows) for body in requests_]
+        assert taken == [fast] * (len(requests_) - 1) + [False]  # the last request goes the pandas way
+        return [await ingress.score_request("duo", copy.deepcopy(body)) for body in requests_]
+
+    fast, slow = asyncio.run(answers(True)), asyncio.run(answers(False))
+    assert [len(a["results"]) for a in fast] == [len(r) for r in requests_]
+    assert any(r.get("detection") for a in fast for r in a["results"])
+    assert fast[-2]["results"][0]["model"].startswith(GENERIC + ":")  # the generic model scored it
+    for a, b in zip(fast, slow, strict=True):
+        assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dfp_ray.schemas.mapping import SkipReport, flatten_any, map_fields
-from dfp_ray.schemas.model import MISSING_CATEGORY, SourceSchema
+from dfp_ray.schemas.model import MISSING_CATEGORY, SourceSchema, TimeFeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +47,64 @@ def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame
 
 
 def add_time_features(df: pd.DataFrame, schema: SourceSchema) -> None:
-    """The schema's time features, in place: cyclic ``<name>_sin``/``<name>_cos`` (hour of day
-    with minutes as a fraction; day of week, Monday 0, with the hour as a fraction) and the
-    boolean ``weekend``, each in its own time zone."""
+    """The schema's time features, in place (see :func:`time_feature_values`)."""
     if not schema.time_features:
         return
     when = pd.to_datetime(df[schema.time_column], utc=True)
-    for spec in schema.time_features:
-        local = when.dt.tz_convert(spec.timezone)
-        hour = (local.dt.hour + local.dt.minute / 60.0 + local.dt.second / 3600.0).to_numpy(dtype=np.float64)
+    df_values = time_feature_values(when.dt.as_unit("ns").array.asi8, schema.time_features)
+    for name, values in df_values.items():
+        df[name] = values
+
+
+_NS_PER_S = 1_000_000_000
+_NAT = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
+
+
+def time_feature_values(times_ns: np.ndarray, specs: list[TimeFeatureSpec]) -> dict[str, np.ndarray]:
+    """The time features of ``specs`` for times given as int64 nanoseconds since the epoch (UTC;
+    NaT as int64 min): cyclic ``<name>_sin``/``<name>_cos`` (hour of day with minutes as a
+    fraction; day of week, Monday 0, with the hour as a fraction) and the boolean ``weekend``,
+    each in its own time zone. A missing time gives NaN (``weekend``: False).
+
+    One definition for the batch pipeline (:func:`add_time_features`) and the per-request
+    scorer (:mod:`dfp_ray.serve.dfp_fast`): UTC is integer arithmetic on the epoch seconds (no
+    pandas objects; equal to pandas' ``dt.hour`` etc.), other zones go through pandas."""
+    ns = np.asarray(times_ns, dtype=np.int64)
+    missing = ns == _NAT
+    out: dict[str, np.ndarray] = {}
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # timezone -> (hour with fractions, day of week)
+    for spec in specs:
+        if spec.timezone not in parts:
+            parts[spec.timezone] = _clock_parts(np.where(missing, 0, ns), spec.timezone, missing)
+        hour, dow = parts[spec.timezone]
         if spec.kind == "weekend":
-            df[spec.name] = (local.dt.dayofweek >= 5).to_numpy(dtype=bool)
+            out[spec.name] = (dow >= 5) & ~missing
             continue
         if spec.kind == "hour_of_day":
             angle = 2 * np.pi * hour / 24.0
         else:
-            angle = 2 * np.pi * (local.dt.dayofweek.to_numpy(dtype=np.float64) + hour / 24.0) / 7.0
-        df[f"{spec.name}_sin"] = np.sin(angle)
-        df[f"{spec.name}_cos"] = np.cos(angle)
+            angle = 2 * np.pi * (dow + hour / 24.0) / 7.0
+        out[f"{spec.name}_sin"] = np.sin(angle)
+        out[f"{spec.name}_cos"] = np.cos(angle)
+    return out
+
+
+def _clock_parts(ns: np.ndarray, timezone: str, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hour + minute/60 + second/3600, day of week as float; NaN where missing) in ``timezone``."""
+    if timezone == "UTC":
+        secs = ns // _NS_PER_S
+        in_day = secs % 86_400
+        h, m, s = in_day // 3600, (in_day % 3600) // 60, in_day % 60
+        dow = ((secs // 86_400 + 3) % 7).astype(np.float64)  # 1970-01-01 was a Thursday (3)
+    else:
+        local = pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC").tz_convert(timezone)
+        h, m, s = local.hour.to_numpy(), local.minute.to_numpy(), local.second.to_numpy()
+        dow = local.dayofweek.to_numpy().astype(np.float64)
+    hour = h.astype(np.float64) + m / 60.0 + s / 3600.0
+    if missing.any():
+        hour = np.where(missing, np.nan, hour)
+        dow = np.where(missing, np.nan, dow)
+    return hour, dow
 
 
 def finalize_feature_types(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:

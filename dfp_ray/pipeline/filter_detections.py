@@ -8,6 +8,10 @@ exceeds 1; with the fixed rule, when ``score_column`` exceeds ``threshold`` (Mor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
 from dfp_ray.config import DetectionConfig
@@ -27,6 +31,12 @@ def filter_detections(scored: pd.DataFrame, cfg: DetectionConfig) -> pd.DataFram
     """
     if scored.empty:  # e.g. no user had a model: nothing was scored
         return scored
-    if cfg.rule == "fixed" or "anomaly_score" not in scored.columns:
-        return scored[scored[cfg.score_column] > cfg.threshold]
-    return scored[scored["anomaly_score"] > 1.0]
+    return scored[detection_mask(scored, cfg)]
+
+
+def detection_mask(columns: pd.DataFrame | Mapping[str, Any], cfg: DetectionConfig) -> np.ndarray:
+    """Which rows of ``columns`` (a scored frame, or its columns as arrays) are detections: the
+    one rule of :func:`filter_detections`, also used by the per-request scorer on arrays."""
+    if cfg.rule == "fixed" or "anomaly_score" not in columns:
+        return np.asarray(columns[cfg.score_column], dtype=np.float64) > cfg.threshold
+    return np.asarray(columns["anomaly_score"], dtype=np.float64) > 1.0

@@ -44,23 +44,48 @@ def add_postprocessing(
 
 def apply_rule(scored: pd.DataFrame, cfg: DetectionConfig) -> pd.DataFrame:
     """Make ``alert_threshold``, ``anomaly_score`` and ``threshold_source`` say what ``cfg``'s rule
-    does, in place: the fixed rule (and any row a calibrated model did not score) uses
-    ``cfg.threshold`` on ``cfg.score_column``. A detection is ``anomaly_score > 1`` either way."""
+    does, in place (see :func:`rule_values`). A detection is ``anomaly_score > 1`` either way."""
     fixed = cfg.rule == "fixed" or "alert_threshold" not in scored.columns
     if len(scored) and cfg.score_column not in scored.columns:
         return scored
     raw = scored[cfg.score_column].to_numpy(dtype=np.float64) if len(scored) else np.empty(0)
     if fixed:
-        scored["alert_threshold"] = float(cfg.threshold)
-        scored["threshold_source"] = "fixed"
-        scored["anomaly_score"] = raw / cfg.threshold if cfg.threshold > 0 else raw - cfg.threshold + 1.0
+        threshold, source, anomaly = rule_values(raw, None, None, None, cfg)
+        scored["alert_threshold"] = threshold
+        scored["threshold_source"] = source
+        scored["anomaly_score"] = anomaly
         return scored
     missing = scored["alert_threshold"].isna().to_numpy()
     if missing.any():  # rows of uncalibrated models (saved before calibration existed)
-        scored.loc[missing, "alert_threshold"] = float(cfg.threshold)
-        scored.loc[missing, "threshold_source"] = "fixed"
-        scored.loc[missing, "anomaly_score"] = raw[missing] / cfg.threshold
+        threshold, source, anomaly = rule_values(
+            raw, scored["alert_threshold"].to_numpy(dtype=np.float64), scored["threshold_source"].to_numpy(dtype=object),
+            scored["anomaly_score"].to_numpy(dtype=np.float64), cfg)
+        scored.loc[missing, "alert_threshold"] = threshold[missing]
+        scored.loc[missing, "threshold_source"] = source[missing]
+        scored.loc[missing, "anomaly_score"] = anomaly[missing]
     return scored
+
+
+def rule_values(
+    raw: np.ndarray, alert_threshold: np.ndarray | None, threshold_source: np.ndarray | None,
+    anomaly_score: np.ndarray | None, cfg: DetectionConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(alert_threshold, threshold_source, anomaly_score)`` of rows whose ``cfg.score_column``
+    is ``raw``, given a calibrated model's columns (None: the model has none).
+
+    The fixed rule (and any row a calibrated model did not score: NaN threshold) uses
+    ``cfg.threshold``. One definition for :func:`apply_rule` (the pipeline's frames) and the
+    per-request scorer's arrays (:mod:`dfp_ray.serve.dfp_fast`)."""
+    n = len(raw)
+    if cfg.rule == "fixed" or alert_threshold is None:
+        anomaly = raw / cfg.threshold if cfg.threshold > 0 else raw - cfg.threshold + 1.0
+        return np.full(n, float(cfg.threshold)), np.full(n, "fixed", dtype=object), anomaly
+    assert threshold_source is not None and anomaly_score is not None
+    missing = np.isnan(alert_threshold)
+    if not missing.any():
+        return alert_threshold, threshold_source, anomaly_score
+    return (np.where(missing, float(cfg.threshold), alert_threshold),
+            np.where(missing, "fixed", threshold_source).astype(object), np.where(missing, raw / cfg.threshold, anomaly_score))
 
 
 def _text(values: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import pandas as pd
 from ray import serve
 
 from .config import DfpServiceConfig
+from .dfp_fast import MappedRows
 from .dfp_scorer import Scorer, freeze_heap
 from .dfp_scoring import UserSlot
 
@@ -48,7 +49,8 @@ class DfpScorer:
             self.scorer.runtime(source).warm_up()
         freeze_heap()
 
-    async def score(self, source: str, mapped: pd.DataFrame) -> pd.DataFrame:
+    async def score(self, source: str, mapped: pd.DataFrame | MappedRows) -> pd.DataFrame | list[dict[str, Any]]:
+        """A frame (the pandas path) gives a frame; MappedRows (the fast path) give array parts."""
         return await self.scorer.score(source, mapped)
 
     async def describe(self, source: str, user: str) -> dict[str, Any]:

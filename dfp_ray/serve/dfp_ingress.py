@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from .config import DfpServiceConfig
+from .dfp_fast import MappedRows
 from .dfp_scorer import LocalScorer, model_id
-from .dfp_scoring import POS, SourceRuntime, _event_ids, record_error, result_records
+from .dfp_scoring import POS, Part, SourceRuntime, _event_ids, record_error, result_records
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,12 @@ class Coalescer:
             self._running -= 1
 
 
-def _error_rows(part: pd.DataFrame, runtime: SourceRuntime, message: str) -> pd.DataFrame:
+def _error_rows(part: pd.DataFrame | MappedRows, runtime: SourceRuntime, message: str) -> Part:
     s = runtime.schema
+    if isinstance(part, MappedRows):
+        eid = s.event_id_column
+        return {POS: np.asarray(part.pos, dtype=np.int64), "event_id": part.columns[eid] if eid else [None] * len(part),
+                "user": part.columns[s.user_column], "error": [message] * len(part)}
     return pd.DataFrame({POS: part[POS].to_numpy(), "event_id": _event_ids(part, s),
                          "user": part[s.user_column].to_numpy(dtype=object),
                          "error": np.full(len(part), message, dtype=object)})
@@ -108,11 +113,21 @@ class HandleBackend:
     def _call(self, source: str, user: str) -> Any:
         return self.handle.options(multiplexed_model_id=model_id(source, user))
 
-    async def score(self, runtime: SourceRuntime, mapped: pd.DataFrame) -> list[pd.DataFrame]:
+    async def score(self, runtime: SourceRuntime, mapped: pd.DataFrame | MappedRows) -> list[Part]:
         user_col = runtime.schema.user_column
-        if mapped.empty:
+        if len(mapped) == 0:
             return []
-        if self.bundled:
+        parts: list[tuple[str, Any]]
+        if isinstance(mapped, MappedRows):
+            users = mapped.columns[user_col]
+            if self.bundled:
+                parts = [(users[0], mapped)]
+            else:
+                by: dict[str, list[int]] = {}
+                for i, u in enumerate(users):
+                    by.setdefault(u, []).append(i)
+                parts = [(u, mapped.take(idx)) for u, idx in by.items()]
+        elif self.bundled:
             parts = [(mapped[user_col].iloc[0], mapped)]
         else:
             parts = [(u, g) for u, g in mapped.groupby(user_col, sort=False)]
@@ -125,6 +140,8 @@ class HandleBackend:
                 log.warning("scoring %d records of %s (%s) failed: %r", len(part), runtime.name, user, answer)
                 out.append(_error_rows(part, runtime, f"the scorer failed on this user's records "
                                        f"({type(answer).__name__}); send them again"))
+            elif isinstance(answer, list):
+                out.extend(answer)
             else:
                 out.append(answer)
         if failures == len(parts):
@@ -144,10 +161,11 @@ class LocalBackend:
     def __init__(self, service: DfpServiceConfig) -> None:
         self.scorer = LocalScorer(service)
 
-    async def score(self, runtime: SourceRuntime, mapped: pd.DataFrame) -> list[pd.DataFrame]:
-        if mapped.empty:
+    async def score(self, runtime: SourceRuntime, mapped: pd.DataFrame | MappedRows) -> list[Part]:
+        if len(mapped) == 0:
             return []
-        return [await self.scorer.score(runtime.name, mapped)]
+        answer = await self.scorer.score(runtime.name, mapped)
+        return answer if isinstance(answer, list) else [answer]
 
     async def describe(self, source: str, user: str) -> dict[str, Any]:
         return await self.scorer.describe(source, user)
@@ -213,11 +231,8 @@ class DfpIngress:
                             "scoring_calls": calls}}
 
 
-def _split_answers(parts: list[pd.DataFrame], errors: dict[int, dict[str, Any]], sizes: list[int]) -> list[list[dict]]:
-    frames = [p for p in parts if len(p)]
-    result = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else pd.DataFrame(
-        {POS: pd.Series(dtype="int64")}))
-    answers = result_records(result, errors, sum(sizes))
+def _split_answers(parts: list[Part], errors: dict[int, dict[str, Any]], sizes: list[int]) -> list[list[dict]]:
+    answers = result_records(parts, errors, sum(sizes))
     out, start = [], 0
     for size in sizes:
         chunk = answers[start:start + size]

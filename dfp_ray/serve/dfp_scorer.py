@@ -20,9 +20,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .config import DfpServiceConfig
+from .dfp_fast import MappedRows
 from .dfp_scoring import POS, SourceRuntime, UserSlot, _event_ids
 
 log = logging.getLogger(__name__)
@@ -157,9 +159,14 @@ class Scorer:
                 s.resolution.checked = time.monotonic()
 
     # ------------------------------------------------------------------ calls
-    async def score(self, source: str, mapped: pd.DataFrame) -> pd.DataFrame:
-        """Score mapped rows (any users of ``source``); one result row per input row."""
+    async def score(self, source: str, mapped: pd.DataFrame | MappedRows) -> pd.DataFrame | list[dict[str, Any]]:
+        """Score mapped rows (any users of ``source``); one result row per input row.
+
+        A frame (the pandas path) gives a frame; :class:`~.dfp_fast.MappedRows` (the fast
+        path) give parts as arrays (see :data:`.dfp_scoring.Part`)."""
         rt = self.runtime(source)
+        if isinstance(mapped, MappedRows):
+            return await self._score_rows(rt, mapped)
         if mapped.empty:
             return pd.DataFrame({POS: pd.Series(dtype="int64")})
         user_col = rt.schema.user_column
@@ -176,6 +183,30 @@ class Scorer:
             scored = await asyncio.to_thread(self._score_locked, rt, mapped, slots)
             return pd.concat([scored, errors], ignore_index=True)
         return await asyncio.to_thread(self._score_locked, rt, mapped, slots)
+
+    async def _score_rows(self, rt: SourceRuntime, rows: MappedRows) -> list[dict[str, Any]]:
+        users = rows.columns[rt.schema.user_column]
+        slots, failed = await self._slots(rt, list(dict.fromkeys(users)))
+        parts: list[dict[str, Any]] = []
+        if failed:
+            bad = [i for i, u in enumerate(users) if u in failed]
+            parts.append(_rows_error(rt, rows, bad, [failed[users[i]] for i in bad]))
+            rows = rows.take([i for i, u in enumerate(users) if u not in failed])
+        if len(rows):
+            parts += await asyncio.to_thread(self._score_rows_locked, rt, rows, slots)
+        return parts
+
+    @staticmethod
+    def _score_rows_locked(rt: SourceRuntime, rows: MappedRows, slots: dict[str, UserSlot]) -> list[Any]:
+        with rt.lock:
+            res = rt.score_fast(rows, slots)
+            if res is None:  # a model with features the fast path does not compute
+                return [rt.score(rows.to_frame(rt.schema), slots)]
+        parts: list[Any] = [res.cols] if res.cols else []
+        if res.failed_rows:
+            users = rows.columns[rt.schema.user_column]
+            parts.append(_rows_error(rt, rows, res.failed_rows, [res.failed[users[i]] for i in res.failed_rows]))
+        return parts
 
     @staticmethod
     def _score_locked(rt: SourceRuntime, mapped: pd.DataFrame, slots: dict[str, UserSlot]) -> pd.DataFrame:
@@ -201,6 +232,14 @@ class Scorer:
                 "held_users_all_sources": len(self.held),
                 "max_models_per_replica": self.service.max_models_per_replica,
                 "models_loaded": len(rt.cache), "model_loads": rt.cache.loads}
+
+
+def _rows_error(rt: SourceRuntime, rows: MappedRows, idx: list[int], messages: list[str]) -> dict[str, Any]:
+    """Error rows of :class:`MappedRows` positions ``idx`` as a part (see :data:`.dfp_scoring.Part`)."""
+    eid = rt.schema.event_id_column
+    return {POS: np.asarray([rows.pos[i] for i in idx], dtype=np.int64),
+            "event_id": [rows.columns[eid][i] for i in idx] if eid else [None] * len(idx),
+            "user": [rows.columns[rt.schema.user_column][i] for i in idx], "error": messages}
 
 
 class LocalScorer(Scorer):

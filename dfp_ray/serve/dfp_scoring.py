@@ -49,6 +49,7 @@ from dfp_ray.schemas import SourceSchema, load_schema
 from dfp_ray.schemas.mapping import flatten_any, map_fields
 
 from .config import DfpServiceConfig, DfpSourceConfig
+from .dfp_fast import DayHistory, FastMapper, FastScored, MappedRows, score_rows, supported_model
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,11 @@ class Resolution:
 class UserSlot:
     """What a scorer holds for one user: the model resolution and the user's same-day history.
 
-    ``history`` holds the user's mapped records (before data prep) of the newest counter period
-    (UTC day by default) this slot has scored, at most ``max_rows`` (the latest by time). It is
-    what :func:`prepare_features` needs to count the user's day: a new record's ``logcount`` is
-    the number of these history records earlier than it, plus earlier ones in its own request.
+    ``day`` holds the user's records of the newest counter period (UTC day by default) this slot
+    has scored, at most ``max_rows`` (the latest by time), as the times and counter columns'
+    values that :func:`prepare_features` counts (:class:`~.dfp_fast.DayHistory`): a new record's
+    ``logcount`` is the number of these records earlier than it, plus earlier ones in its own
+    request. Both the pandas path and the fast path read and write it.
     """
 
     def __init__(self, source: str, user: str, resolution: Resolution, max_rows: int) -> None:
@@ -106,7 +108,7 @@ class UserSlot:
         self.user = user
         self.resolution = resolution
         self.max_rows = max_rows
-        self.history: pd.DataFrame | None = None
+        self.day = DayHistory()
         self.refreshing = False
         self.on_release: Callable[[UserSlot], None] | None = None
 
@@ -121,7 +123,7 @@ class UserSlot:
 
     @property
     def history_rows(self) -> int:
-        return 0 if self.history is None else len(self.history)
+        return len(self.day)
 
 
 def period_starts(times: pd.Series, period: str) -> pd.Series:
@@ -150,14 +152,27 @@ class SourceRuntime:
         self.cache = ModelCache(self.registry, max_models=max_models, refresh_seconds=service.refresh_s, device="cpu")
         self.generic_name = self.registry.model_name(self.cfg.source, None)
         self.lock = threading.Lock()  # one scoring call at a time per source: histories are read and written
+        self.fast = FastMapper(self.schema)  # plain records skip the pandas frames (see .dfp_fast)
+        self.use_fast = True  # False: every request the pandas way (the benchmark's comparison)
 
     # ------------------------------------------------------------------ mapping
-    def map_records(self, records: Sequence[Any]) -> tuple[pd.DataFrame, dict[int, dict[str, Any]]]:
+    def map_records(self, records: Sequence[Any]) -> tuple[pd.DataFrame | MappedRows, dict[int, dict[str, Any]]]:
         """Raw records -> (mapped rows with :data:`POS`, errors by position).
+
+        Plain records (the usual request) are mapped by :class:`~.dfp_fast.FastMapper` into
+        :class:`~.dfp_fast.MappedRows`; a request with any record it does not take goes the
+        pandas way described next.
 
         The mapping is the pipeline's (``flatten_any`` + ``map_fields``) over all records at
         once; a record that is not a JSON object, that the mapping drops, or that has no user or
         time gets an error naming the field, and the others go on."""
+        try:
+            fast = self.fast.map(records) if self.use_fast else None
+        except Exception as exc:  # noqa: BLE001 - the pandas path decides and explains
+            log.debug("fast mapping failed (%s); mapping with pandas", exc)
+            fast = None
+        if fast is not None:
+            return fast, {}
         errors: dict[int, dict[str, Any]] = {}
         good: list[int] = []
         for i, rec in enumerate(records):  # type check only; the mapping itself is vectorised
@@ -292,7 +307,7 @@ class SourceRuntime:
         if new.empty:
             return _empty_result()
         users = list(dict.fromkeys(new[s.user_column].tolist()))
-        history = [slots[u].history for u in users if slots[u].history is not None and len(slots[u].history)]
+        history = [self._history_frame(u, slots[u].day, new) for u in users if len(slots[u].day)]
         combined = _concat([*history, new]) if history else new.reset_index(drop=True)
         prepared = _quiet(prepare_features, combined, s)
         fresh = prepared[prepared[POS].to_numpy() >= 0].reset_index(drop=True) if history else prepared
@@ -321,8 +336,63 @@ class SourceRuntime:
                 POS: rows[POS].to_numpy(), "event_id": _event_ids(rows, s), "user": rows[s.user_column].to_numpy(),
                 "error": rows[s.user_column].map(failed).to_numpy(),
             })], ignore_index=True)
-        self._remember(combined, slots, users)
+        self._remember(new, slots, users)
         return out
+
+    def _history_frame(self, user: str, day: DayHistory, like: pd.DataFrame) -> pd.DataFrame:
+        """A user's day history as mapped rows (user, time, counter columns; :data:`POS` -1)."""
+        s = self.schema
+        h = len(day)
+        frame = pd.DataFrame({s.user_column: pd.Series([user] * h, dtype=object),
+                              s.time_column: pd.to_datetime(np.asarray(day.times, dtype=np.int64), utc=True)})
+        for c, values in day.values.items():
+            frame[c] = pd.Series(values, dtype=object)
+        frame[POS] = np.int64(-1)
+        return frame
+
+    # ------------------------------------------------------------------ the fast path
+    def score_fast(self, rows: MappedRows, slots: dict[str, UserSlot]) -> FastScored | None:
+        """:meth:`score` for rows the fast mapper mapped (see :mod:`.dfp_fast`): the same
+        values without pandas frames; None when a user's model needs features it does not
+        compute (then :meth:`score` runs on ``rows.to_frame()``). Callers hold :attr:`lock`."""
+        s = self.schema
+        users = rows.columns[s.user_column]
+        by_user: dict[str, list[int]] = {}
+        for i, u in enumerate(users):
+            by_user.setdefault(u, []).append(i)
+        for u in by_user:
+            model = slots[u].resolution.model
+            if model is not None and not supported_model(model, s):
+                return None
+        cols = [c.column for c in s.counters if c.column]
+        counters: dict[str, list[int]] = {c.name: [0] * len(rows) for c in s.counters}
+        parts = {}
+        for u, idx in by_user.items():
+            times = rows.times[idx].tolist()
+            values = {c: [rows.columns[c][i] for i in idx] for c in cols}
+            parts[u] = (times, values)
+            for name, got in slots[u].day.counters(s, times, values).items():
+                dst = counters[name]
+                for i, v in zip(idx, got, strict=True):
+                    dst[i] = v
+
+        def resolver(user: str):
+            r = slots[user].resolution
+            if r.model is None or r.ref is None:
+                raise NoModelError(r.reason)
+            return r.model, r.ref
+
+        population = None
+        if self.cfg.detection.rule == "calibrated":
+            found = self.cache.population(self.cfg.source)
+            population = found.calibration if found is not None else None
+        result = score_rows(s, self.cfg.detection, rows, counters, resolver, population, self.generic_name,
+                            self.service.top_features)
+        cap = self.service.history_rows_per_user
+        if cap:
+            for u, (times, values) in parts.items():
+                slots[u].day.remember(s, times, values, cap)
+        return result
 
     def _own(self, labels: np.ndarray) -> np.ndarray:
         """Whether each ``name:version`` is a user's own model (not the generic one)."""
@@ -365,48 +435,41 @@ class SourceRuntime:
                 cols[f"top{i}:{key}"] = values
         return pd.DataFrame(cols)
 
-    def _remember(self, combined: pd.DataFrame, slots: dict[str, UserSlot], users: list[str]) -> None:
-        """Each user's history becomes its rows of ``combined`` (old history + new rows, mapped) of
-        its newest counter period, at most ``history_rows_per_user`` (the latest by time)."""
+    def _remember(self, new: pd.DataFrame, slots: dict[str, UserSlot], users: list[str]) -> None:
+        """Each user's day history gets its new rows; it keeps the rows of its newest counter
+        period, at most ``history_rows_per_user`` (the latest by time; :meth:`DayHistory.remember`)."""
         s = self.schema
         cap = self.service.history_rows_per_user
         if cap == 0:
             return
-        rows = combined.assign(**{POS: np.int64(-1)})
-        times = rows[s.time_column]
+        cols = [c.column for c in s.counters if c.column]
+        times = new[s.time_column].dt.as_unit("ns").array.asi8
+        values = {c: [None if _missing(v) else v for v in new[c].tolist()] for c in cols}
         if len(users) == 1:
-            keep = (times >= period_start(times.max(), s.counter_period)).to_numpy()
-        else:
-            newest = times.groupby(rows[s.user_column], sort=False).transform("max")
-            keep = (times >= period_starts(newest, s.counter_period)).to_numpy()
-        if not keep.all():
-            rows = rows[keep]
-        if len(rows) > cap:  # some user may be over the cap: keep each user's latest rows
-            rows = rows.sort_values(s.time_column, kind="stable")
-            rows = rows[rows.groupby(s.user_column, sort=False).cumcount(ascending=False).to_numpy() < cap]
-        if len(users) == 1:
-            slots[users[0]].history = rows.reset_index(drop=True)
+            slots[users[0]].day.remember(s, times.tolist(), values, cap)
             return
-        for user, idx in rows.groupby(s.user_column, sort=False).indices.items():  # per user, not per row
-            slots[user].history = rows.iloc[idx].reset_index(drop=True)
+        for user, idx in new.groupby(s.user_column, sort=False).indices.items():  # per user, not per row
+            slots[user].day.remember(s, times[idx].tolist(), {c: [v[i] for i in idx] for c, v in values.items()}, cap)
 
 
-def top_features(scored: pd.DataFrame, features: list[str], k: int) -> list[dict[str, np.ndarray]]:
+def top_features(scored: pd.DataFrame | dict[str, Any], features: list[str], k: int,
+                 n: int | None = None) -> list[dict[str, np.ndarray]]:
     """The ``k`` features that drove each row's score: ``feature``, ``z``, ``value``, ``expected``.
 
     Taken from the pipeline's explanation columns (``driver_<i>``, ``driver_<i>_z``,
     ``driver_<i>_value``, ``driver_<i>_expected``) where it wrote them, else (and for rows it
-    left unexplained) the ``k`` largest ``<f>_z_loss`` of the row, vectorised over rows."""
-    n = len(scored)
+    left unexplained) the ``k`` largest ``<f>_z_loss`` of the row, vectorised over rows.
+    ``scored``: a scored frame, or its columns as arrays (then ``n`` is the row count)."""
+    n = len(scored) if n is None else n
     k = min(k, len(features))
     if k == 0 or n == 0:
         return []
-    z = np.column_stack([scored[f + Z_SUFFIX].to_numpy(dtype=np.float64) for f in features])
+    z = np.column_stack([np.asarray(scored[f + Z_SUFFIX], dtype=np.float64) for f in features])
     order = np.argsort(-np.nan_to_num(z, nan=-np.inf), axis=1, kind="stable")[:, :k]
     names = np.asarray(features, dtype=object)
-    value = np.column_stack([_display(scored[f]) if f in scored.columns else np.full(n, None, dtype=object)
+    value = np.column_stack([_display(scored[f]) if f in scored else np.full(n, None, dtype=object)
                              for f in features])
-    expected = np.column_stack([_display(scored[f + "_pred"]) if f + "_pred" in scored.columns
+    expected = np.column_stack([_display(scored[f + "_pred"]) if f + "_pred" in scored
                                 else np.full(n, None, dtype=object) for f in features])
     out = []
     for i in range(k):
@@ -418,34 +481,48 @@ def top_features(scored: pd.DataFrame, features: list[str], k: int) -> list[dict
             "expected": np.take_along_axis(expected, idx, axis=1)[:, 0],
         }
         col = f"driver_{i + 1}"
-        if col in scored.columns:  # the pipeline explained these rows: its words win
-            given = scored[col].to_numpy(dtype=object)
-            have = (scored[col].fillna("").astype(str).str.len() > 0).to_numpy(dtype=bool)
+        if col in scored:  # the pipeline explained these rows: its words win
+            given = np.asarray(scored[col], dtype=object)
+            have = np.array([not _missing(v) and len(str(v)) > 0 for v in given.tolist()], dtype=bool)
             if have.any():
                 driver["feature"] = np.where(have, given, driver["feature"])
                 for key, suffix in (("z", "_z"), ("value", "_value"), ("expected", "_expected")):
-                    if col + suffix in scored.columns:
-                        theirs = scored[col + suffix].to_numpy(dtype=np.float64 if key == "z" else object)
+                    if col + suffix in scored:
+                        theirs = np.asarray(scored[col + suffix], dtype=np.float64 if key == "z" else object)
                         driver[key] = np.where(have, theirs, driver[key])
         out.append(driver)
     return out
 
 
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
 # ---------------------------------------------------------------------- answer formatting
-def result_records(result: pd.DataFrame, errors: dict[int, dict[str, Any]], n: int) -> list[dict[str, Any]]:
+Part = pd.DataFrame | dict[str, Any]
+"""A scoring call's answer: a frame (the pandas path: scored rows and error rows, ``error`` set),
+or columns as arrays (the fast path: compact scored columns, or error rows with ``error``)."""
+
+
+def result_records(result: Part | list[Part], errors: dict[int, dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """One answer object per request record, in request order (scored ones and errors)."""
     out: list[dict[str, Any] | None] = [None] * n
-    if len(result):
-        if "error" in result.columns:
-            scored, failed = result[result["error"].isna()], result[result["error"].notna()]
-        else:
-            scored, failed = result, pd.DataFrame(columns=[POS, "event_id", "user", "error"])
-        if len(scored):
-            _scored_records(scored, out)
-        for pos, eid, user, msg in zip(failed[POS].tolist(), failed["event_id"].tolist(), failed["user"].tolist(),
-                                       failed["error"].tolist(), strict=True):
-            out[int(pos)] = {"index": int(pos), "event_id": eid, "user": user,
-                             "error": record_error("no_model" if "no model" in str(msg) else "scoring_failed", str(msg))}
+    for part in (result if isinstance(result, list) else [result]):
+        if isinstance(part, pd.DataFrame):
+            if not len(part):
+                continue
+            if "error" in part.columns:
+                scored, failed = part[part["error"].isna()], part[part["error"].notna()]
+            else:
+                scored, failed = part, part.iloc[0:0]
+            if len(scored):
+                _scored_records({c: scored[c].to_numpy() for c in scored.columns}, len(scored), out)
+            if len(failed):
+                _error_records({c: failed[c].to_numpy() for c in (POS, "event_id", "user", "error")}, out)
+        elif "error" in part:
+            _error_records(part, out)
+        elif len(part.get(POS, ())):
+            _scored_records(part, len(part[POS]), out)
     for pos, err in errors.items():
         out[pos] = {"index": pos, "event_id": None, "user": None, "error": err}
     for pos, rec in enumerate(out):
@@ -455,29 +532,40 @@ def result_records(result: pd.DataFrame, errors: dict[int, dict[str, Any]], n: i
     return out  # type: ignore[return-value]
 
 
-def _scored_records(scored: pd.DataFrame, out: list[dict[str, Any] | None]) -> None:
-    """The answer objects of scored rows, built column-wise (one comprehension per part, not per
-    record and part: building them is most of the answer's cost)."""
-    n = len(scored)
-    cnames = [c[len("counter:"):] for c in scored.columns if c.startswith("counter:")]
+def _error_records(failed: dict[str, Any], out: list[dict[str, Any] | None]) -> None:
+    for pos, eid, user, msg in zip(np.asarray(failed[POS]).tolist(), list(failed["event_id"]), list(failed["user"]),
+                                   list(failed["error"]), strict=True):
+        out[int(pos)] = {"index": int(pos), "event_id": eid, "user": user,
+                         "error": record_error("no_model" if "no model" in str(msg) else "scoring_failed", str(msg))}
+
+
+def _scored_records(scored: dict[str, Any], n: int, out: list[dict[str, Any] | None]) -> None:
+    """The answer objects of scored rows (compact columns), built column-wise (one comprehension
+    per part, not per record and part: building them is most of the answer's cost)."""
+    cnames = [c[len("counter:"):] for c in scored if c.startswith("counter:")]
     counters: list[Any] = [{}] * n
     if cnames:
-        block = scored[[f"counter:{c}" for c in cnames]]
-        values = (block.to_numpy(dtype=np.int64).tolist() if all(pd.api.types.is_integer_dtype(t) for t in block.dtypes)
-                  else [[int(v) if v == v else None for v in row] for row in block.to_numpy(dtype=np.float64).tolist()])
+        block = [np.asarray(scored[f"counter:{c}"]) for c in cnames]
+        if all(np.issubdtype(b.dtype, np.integer) for b in block):
+            values = np.column_stack(block).astype(np.int64).tolist()
+        else:
+            values = [[int(v) if v == v else None for v in row]
+                      for row in np.column_stack([b.astype(np.float64) for b in block]).tolist()]
         counters = [dict(zip(cnames, row, strict=True)) for row in values]
-    zfeat = [c[2:] for c in scored.columns if c.startswith("z:")]
-    zrows = scored[[f"z:{f}" for f in zfeat]].to_numpy(dtype=np.float64).tolist() if zfeat else [[]] * n
+    zfeat = [c[2:] for c in scored if c.startswith("z:")]
+    zrows = (np.column_stack([np.asarray(scored[f"z:{f}"], dtype=np.float64) for f in zfeat]).tolist() if zfeat
+             else [[]] * n)
     zscores = [dict(zip(zfeat, row, strict=True)) for row in zrows]
     k = 0
-    while f"top{k + 1}:feature" in scored.columns:
+    while f"top{k + 1}:feature" in scored:
         k += 1
     per_slot = [[{"feature": f, "z": z, "value": v, "expected": e} for f, z, v, e in zip(
-        *(scored[f"top{i}:{key}"].tolist() for key in ("feature", "z", "value", "expected")), strict=True)]
+        *(np.asarray(scored[f"top{i}:{key}"]).tolist() for key in ("feature", "z", "value", "expected")), strict=True)]
         for i in range(1, k + 1)]
     tops = [list(t) for t in zip(*per_slot, strict=True)] if per_slot else [[] for _ in range(n)]
-    columns = [scored[c].tolist() for c in (POS, "event_id", "user", "timestamp", "model", "own", "mean_abs_z",
-                                            "max_abs_z", "detection", "threshold", "score_column")]
+    columns = [np.asarray(scored[c]).tolist() for c in (POS, "event_id", "user", "timestamp", "model", "own",
+                                                        "mean_abs_z", "max_abs_z", "detection", "threshold",
+                                                        "score_column")]
     records = [
         {"index": pos, "event_id": eid, "user": user, "timestamp": ts, "model": model,
          "scored_by": user if own else GENERIC_LABEL, "z_scores": z, "mean_abs_z": mean, "max_abs_z": mx,
@@ -486,8 +574,8 @@ def _scored_records(scored: pd.DataFrame, out: list[dict[str, Any] | None]) -> N
         in zip(*columns, zscores, counters, tops, strict=True)
     ]
     for name in ("anomaly_score", "threshold_source", "explanation"):
-        if name in scored.columns:
-            for rec, value in zip(records, scored[name].tolist(), strict=True):
+        if name in scored:
+            for rec, value in zip(records, np.asarray(scored[name]).tolist(), strict=True):
                 rec[name] = value
     for pos, rec in zip(columns[0], records, strict=True):
         out[pos] = rec
@@ -551,10 +639,15 @@ def _iso(times: pd.Series) -> np.ndarray:
     return np.char.add(np.datetime_as_string(utc, unit="ms"), "Z").astype(object)
 
 
-def _display(values: pd.Series) -> np.ndarray:
+def _display(values: pd.Series | np.ndarray) -> np.ndarray:
     """JSON-ready values (Python floats, bools, str; NaN becomes null when serialised)."""
-    arr = values.to_numpy(dtype=object)
-    if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+    if isinstance(values, pd.Series):
+        text = values.dtype == object or isinstance(values.dtype, pd.StringDtype)
+        arr = values.to_numpy(dtype=object)
+    else:
+        text = values.dtype == object
+        arr = values.astype(object)
+    if text:
         missing = pd.isna(arr)
         if missing.any():
             arr[missing] = None
