@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dfp_ray.config import overrides_from_strings
+
 MORPHEUS_GPU_TRAIN_S = {"duo": 6.2, "azure": 7.9}
 MORPHEUS_GPU_INFER_S = {"duo": 0.9, "azure": 1.6}
 TARGET_EVENTS_PER_S = 30_000
@@ -52,6 +54,7 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
     msgs = work / "data" / "control_messages"
     try:
         train = run(cfg, [str(msgs / f"{args.source}_payload_training.json")], pipeline=pipe, progress=False)
+        peak_rss_mb = _actor_peak_rss_mb()
         runs = [run(cfg, [str(msgs / f"{args.source}_payload_inference.json")], pipeline=pipe, progress=False)
                 for _ in range(repeat)]
     finally:
@@ -61,7 +64,15 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
             raise SystemExit(f"bench_pipeline: a message was rejected: {summary.rejections}")
     cold, best = runs[0], min(runs, key=lambda r: r.seconds)
     stages = best.messages_detail[0].stage_seconds
+    trained = [t for m in train.messages_detail for t in m.trained]
+    users = [t for t in trained if not t.generic]
+    fit_ms = sorted(1000 * t.fit_seconds for t in users if t.fit_seconds is not None)
+    reg_ms = sorted(1000 * t.register_seconds for t in trained if t.register_seconds is not None)
+    generic = [t.fit_seconds for t in trained if t.generic and t.fit_seconds is not None]
     return {
+        "fit_ms_p50": round(_pct(fit_ms, 50)), "fit_ms_p95": round(_pct(fit_ms, 95)),
+        "register_ms_p50": round(_pct(reg_ms, 50)), "generic_s": round(generic[0], 2) if generic else None,
+        "peak_rss_mb": peak_rss_mb,
         "users": users, "days": train_days + infer_days, "train_rows": train.rows,
         "train_s": round(train.seconds, 2), "models": train.users_trained,
         "train_load_s": round(train.messages_detail[0].stage_seconds.load, 2),
@@ -71,6 +82,28 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
         "infer_load_s": round(stages.load, 3), "infer_score_s": round(stages.infer, 3),
         "detections": best.detections,
     }
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def _actor_peak_rss_mb() -> dict[str, int]:
+    """Peak resident memory (VmHWM) of each live actor process of this local session, by class."""
+    from ray.util.state import list_actors
+
+    out: dict[str, int] = {}
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        try:
+            status = Path(f"/proc/{actor.pid}/status").read_text()
+        except OSError:
+            continue
+        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+        name = actor.class_name
+        out[name] = max(out.get(name, 0), kb // 1024)
+    return out
 
 
 def _fresh_session(fn):
@@ -102,14 +135,23 @@ def main() -> None:
     ap.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
                     help="config override, e.g. --set autoencoder.precision=bf16 (repeatable)")
     ap.add_argument("--repeat-infer", type=int, default=3, help="inference repetitions (best is reported)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="also run the growth table with these overrides, side by side with the defaults, e.g. "
+                    "--compare rows:autoencoder.width_rule=rows (repeatable)")
     args = ap.parse_args()
 
+    profiles: list[tuple[str, dict]] = [("defaults", {})]
+    for spec in args.compare:
+        name, _, pairs = spec.partition(":")
+        profiles.append((name, overrides_from_strings(pairs.split(","))))
     rows = []
     for size in filter(None, args.sizes.split(",")):
         users, days = (int(x) for x in size.lower().split("x"))
-        rows.append(_fresh_session(lambda work, u=users, d=days: _run_size(
-            args, work, users=u, train_days=d - 2, infer_days=2, events=None, extra={},
-            repeat=args.repeat_infer)))
+        for name, extra in profiles:
+            row = _fresh_session(lambda work, u=users, d=days, e=extra: _run_size(
+                args, work, users=u, train_days=d - 2, infer_days=2, events=None, extra=e,
+                repeat=args.repeat_infer))
+            rows.append({"profile": name, **row})
     tput = None
     if args.throughput:
         users, infer_days, events = args.throughput.lower().split("x")
@@ -118,12 +160,22 @@ def main() -> None:
             extra={"autoencoder.epochs": 2}, repeat=args.repeat_infer))
 
     if rows:
-        print(f"\n{'users':>6} {'days':>5} {'train rows':>10} {'models':>7} {'train s':>8} {'(load s)':>9} "
-              f"{'infer events':>12} {'infer s':>8} {'events/s':>9}")
+        print(f"\n{'profile':>9} {'users':>6} {'days':>5} {'train rows':>10} {'models':>7} {'train s':>8} "
+              f"{'(load s)':>9} {'fit ms p50/p95':>15} {'reg ms':>7} {'generic s':>9} {'infer events':>12} "
+              f"{'infer s':>8} {'events/s':>9}  peak RSS MB per actor class")
         for r in rows:
-            print(f"{r['users']:>6} {r['days']:>5} {r['train_rows']:>10} {r['models']:>7} {r['train_s']:>8} "
-                  f"{r['train_load_s']:>9} {r['infer_events']:>12} {r['infer_s']:>8} {r['events_per_s']:>9}")
-        first = rows[0]
+            fit = f"{r['fit_ms_p50']}/{r['fit_ms_p95']}"
+            print(f"{r['profile']:>9} {r['users']:>6} {r['days']:>5} {r['train_rows']:>10} {r['models']:>7} "
+                  f"{r['train_s']:>8} {r['train_load_s']:>9} {fit:>15} {r['register_ms_p50']:>7} "
+                  f"{r['generic_s']!s:>9} {r['infer_events']:>12} {r['infer_s']:>8} {r['events_per_s']:>9}  "
+                  f"{r['peak_rss_mb']}")
+        base = {(r["users"], r["days"]): r for r in rows if r["profile"] == "defaults"}
+        for r in rows:
+            ref = base.get((r["users"], r["days"]))
+            if r["profile"] != "defaults" and ref:
+                print(f"{r['profile']} vs defaults at {r['users']} users: training {ref['train_s'] / r['train_s']:.2f}x "
+                      f"faster ({r['train_s']} s vs {ref['train_s']} s)")
+        first = rows[0]  # the defaults at the first size
         ref_t, ref_i = MORPHEUS_GPU_TRAIN_S[args.source], MORPHEUS_GPU_INFER_S[args.source]
         print(f"\ntraining, {first['users']} users: {first['train_s']} s vs Morpheus GPU {ref_t} s "
               f"(ratio {ref_t / first['train_s']:.2f}x; target: < {ref_t} s)")
