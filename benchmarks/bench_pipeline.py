@@ -17,6 +17,7 @@ disabled, so every run reads and parses the JSON files. Per-stage seconds come f
 router (load = read + parse + map; infer = split, score, detections written and fsync'd).
 
     python benchmarks/bench_pipeline.py [--sizes 20x31,100x31,1000x31] [--throughput 100x30x20]
+                                        [--compare rows:autoencoder.width_rule=rows]
                                         [--source duo] [--set autoencoder.precision=bf16]
 """
 
@@ -65,8 +66,8 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
     cold, best = runs[0], min(runs, key=lambda r: r.seconds)
     stages = best.messages_detail[0].stage_seconds
     trained = [t for m in train.messages_detail for t in m.trained]
-    users = [t for t in trained if not t.generic]
-    fit_ms = sorted(1000 * t.fit_seconds for t in users if t.fit_seconds is not None)
+    per_user = [t for t in trained if not t.generic]
+    fit_ms = sorted(1000 * t.fit_seconds for t in per_user if t.fit_seconds is not None)
     reg_ms = sorted(1000 * t.register_seconds for t in trained if t.register_seconds is not None)
     generic = [t.fit_seconds for t in trained if t.generic and t.fit_seconds is not None]
     return {
@@ -91,17 +92,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _actor_peak_rss_mb() -> dict[str, int]:
-    """Peak resident memory (VmHWM) of each live actor process of this local session, by class."""
-    from ray.util.state import list_actors
-
+    """Peak resident memory (VmHWM, MB) of this machine's Ray actor processes, by actor class
+    (their process titles are ``ray::<Class>`` or ``ray::<Class>.<method>``; Linux only)."""
     out: dict[str, int] = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            status = Path(f"/proc/{actor.pid}/status").read_text()
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith("ray::"):
+                continue
+            status = (proc / "status").read_text()
         except OSError:
             continue
+        name = title[5:].split(".")[0].split()[0]
         kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-        name = actor.class_name
         out[name] = max(out.get(name, 0), kb // 1024)
     return out
 
