@@ -13,8 +13,12 @@ MLflow and a local Tansu broker:
    service of ``dfp-ray stream``: parse, validate, run, commit each): sustained events/s from
    the first message's start to the last message's commit;
 4. **stream, paced**: the messages published one every ``pace`` x the mean batch message time
-   while the stream runs: end-to-end latency per message, from publish (the Kafka record's
-   timestamp) to its detections durably written (p50 / p99 over all paced messages).
+   while the stream runs, starting once the consumer group has assigned the stream its
+   partitions: end-to-end latency per message, from publish (the Kafka record's timestamp) to
+   its detections durably written (p50 / p99 over all paced messages), split into the wait
+   (publish -> the handler has it) and the handling (-> durable). The group join every start
+   pays once (~3 s, the broker's rebalance wait) is reported apart (``group_join_s``):
+   publishing before it ends would time the join, not the stream.
 
 The load cache is off, so every message reads and parses its JSON files in every mode. The
 streaming overhead is the ratio of the stream's events/s to the batch's, measured alternately
@@ -22,6 +26,7 @@ in the same run. The machine is shared: the load average is printed beside the f
 every figure is one sample of a noisy quantity (repeat with ``--rounds``).
 
     python benchmarks/bench_stream.py [--users 20,300] [--infer-days 8] [--events 20] [--rounds 1]
+                                      [--fetch-max-wait-ms MS]
 """
 
 from __future__ import annotations
@@ -76,8 +81,13 @@ class Timed:
         return result
 
 
-def run_stream_phase(cfg, pipe, run_id: str, topic: str, count: int, publish=None) -> list:
-    """The stream's service on ``topic`` until ``count`` messages are committed; writes run ``run_id``."""
+def run_stream_phase(cfg, pipe, run_id: str, topic: str, count: int, publish=None) -> tuple[list, float]:
+    """The stream's service on ``topic`` until ``count`` messages are committed; writes run ``run_id``.
+
+    With ``publish``, it runs on a thread that starts once the consumer group has assigned the
+    source its partitions: the paced phase measures a running stream's latency, not the group
+    join that every start pays once (~3 s: the broker's rebalance wait), which is returned
+    apart (seconds from ``run()`` to the assignment)."""
     from dfp_ray.streaming.progress import ProgressDisplay
     from dfp_ray.streaming.service import PipelineHandler
     from dfp_ray.streaming.source import KafkaControlSource
@@ -86,14 +96,24 @@ def run_stream_phase(cfg, pipe, run_id: str, topic: str, count: int, publish=Non
     handler = Timed(PipelineHandler(pipe, run_id))
     source = KafkaControlSource(kcfg, handler, handle_signals=False,
                                 progress=ProgressDisplay(interval_s=3600, tty=False))
-    publisher = threading.Thread(target=publish, daemon=True) if publish else None
+    started = time.time()
+    joined: list[float] = []
+
+    def publish_when_assigned() -> None:
+        if not source.assigned.wait(120):
+            source.stop("no partitions assigned within 120 s")
+            return
+        joined.append(time.time() - started)
+        publish()
+
+    publisher = threading.Thread(target=publish_when_assigned, daemon=True) if publish else None
     if publisher:
         publisher.start()
     stats = source.run()
     if publisher:
         publisher.join(60)
     assert stats.committed == count, stats
-    return handler.spans
+    return handler.spans, (joined[0] if joined else float("nan"))
 
 
 def bench_size(users: int, args, broker) -> dict:
@@ -113,7 +133,8 @@ def bench_size(users: int, args, broker) -> dict:
             "source": "duo", "state_dir": str(work / "state"), "output.directory": str(work / "out"),
             "cache_loaded_files": False, "autoencoder.epochs": 2, "input.data_roots": [str(work)],
             "kafka.bootstrap_servers": broker.bootstrap, "kafka.group_id": f"bench-{users}",
-            "kafka.poll_interval": "100ms"})
+            "kafka.poll_interval": "100ms", **({"kafka.fetch_max_wait_ms": args.fetch_max_wait_ms}
+                                               if args.fetch_max_wait_ms else {})})
         pipe = Pipeline(cfg)
         try:
             t0 = time.perf_counter()
@@ -127,6 +148,9 @@ def bench_size(users: int, args, broker) -> dict:
             doc = day_messages(work / "data", work, days)
             messages = parse_control_messages(doc).messages
             batch_rounds, backlog_rounds, latencies = [], [], []
+            waits: list[float] = []
+            handling: list[float] = []
+            joins: list[float] = []
             # warm-up: every model read from MLflow once into the actors' caches
             for msg in messages:
                 pipe.run_message(msg, "warmup", progress=False)
@@ -141,15 +165,19 @@ def bench_size(users: int, args, broker) -> dict:
                 # stream, backlog: published first, then consumed
                 topic = f"backlog-{users}-{r}"
                 publish_files(broker.bootstrap, topic, [doc])
-                spans = run_stream_phase(cfg, pipe, f"backlog{r}", topic, len(messages))
+                spans, _ = run_stream_phase(cfg, pipe, f"backlog{r}", topic, len(messages))
                 backlog_rounds.append((sum(s[2] for s in spans), spans[-1][1] - spans[0][0]))
                 # stream, paced: published while the stream runs, one every pace x mean batch message time
                 interval = args.pace * batch_s / len(messages)
                 topic = f"paced-{users}-{r}"
                 ensure_topics([broker.bootstrap], [topic], timeout_s=10)
-                spans = run_stream_phase(cfg, pipe, f"paced{r}", topic, len(messages), publish=lambda t=topic, i=interval:
-                                         publish_files(broker.bootstrap, t, [doc], interval_s=i))
+                spans, join_s = run_stream_phase(
+                    cfg, pipe, f"paced{r}", topic, len(messages),
+                    publish=lambda t=topic, i=interval: publish_files(broker.bootstrap, t, [doc], interval_s=i))
+                joins.append(join_s)
                 latencies.extend(end - ts / 1000 for _, end, _, ts in spans if ts)
+                waits.extend(start - ts / 1000 for start, _, _, ts in spans if ts)  # publish -> handler starts
+                handling.extend(end - start for start, end, *_ in spans)
         finally:
             pipe.shutdown()
         per_msg_events = batch_rounds[0][0] / len(messages)
@@ -162,6 +190,10 @@ def bench_size(users: int, args, broker) -> dict:
             "latency_p50_s": round(percentile(latencies, 50), 3),
             "latency_p99_s": round(percentile(latencies, 99), 3),
             "latency_samples": len(latencies),
+            "wait_p50_s": round(percentile(waits, 50), 3),  # publish -> the handler has the message
+            "wait_p99_s": round(percentile(waits, 99), 3),
+            "handle_p50_s": round(percentile(handling, 50), 3),  # handler start -> durable
+            "group_join_s": [round(j, 2) for j in joins],
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -176,6 +208,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="batch / stream passes per size (alternated)")
     ap.add_argument("--pace", type=float, default=1.5,
                     help="paced phase: publish one message every PACE x the mean batch message time")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=None,
+                    help="kafka.fetch_max_wait_ms for the stream (default: the config's, 100)")
     args = ap.parse_args()
 
     import ray
@@ -195,15 +229,16 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(f"\n{'users':>6} {'msgs':>5} {'events/msg':>10} {'batch ev/s':>11} {'stream ev/s':>12} {'stream/batch':>12} "
-          f"{'batch msg s':>11} {'e2e p50 s':>10} {'e2e p99 s':>10} {'load avg':>12}")
+          f"{'batch msg s':>11} {'e2e p50 s':>10} {'e2e p99 s':>10} {'wait p50 s':>10} {'join s':>6} {'load avg':>12}")
     for r in rows:
         batch = sum(r["batch_events_per_s"]) / len(r["batch_events_per_s"])
         stream = sum(r["stream_events_per_s"]) / len(r["stream_events_per_s"])
         print(f"{r['users']:>6} {r['messages']:>5} {r['events_per_message']:>10} {batch:>11,.0f} {stream:>12,.0f} "
               f"{stream / batch:>12.2f} {r['batch_message_s_p50']:>11} {r['latency_p50_s']:>10} "
-              f"{r['latency_p99_s']:>10} {r['load_avg']:>12}")
+              f"{r['latency_p99_s']:>10} {r['wait_p50_s']:>10} {max(r['group_join_s']):>6} {r['load_avg']:>12}")
     print("\nstream/batch < 1 is the streaming overhead (Kafka poll, parse, commit per message); e2e latency is "
-          "publish -> detections fsync'd, at a publishing pace the pipeline keeps up with. One sample per round on "
+          "publish -> detections fsync'd, at a publishing pace the pipeline keeps up with, once the stream has joined "
+          "its group (wait = publish -> handler starts; join = start -> partitions assigned). One sample per round on "
           "a shared machine: expect +-20% between runs.")
 
 

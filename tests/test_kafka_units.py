@@ -53,6 +53,7 @@ def test_command_line_options_override_the_config_file_and_unset_ones_leave_it()
     ("input_topics", ["a", "a"], "listed twice"),
     ("dead_letter_topic", "t", "is an input topic"),
     ("retry_backoff_max", "10ms", "must not exceed"),
+    ("fetch_max_wait_ms", 20_000, "below request_timeout"),
 ])
 def test_config_errors_say_what_is_wrong(field, value, words):
     data = {"input_topics": ["t"], field: value}

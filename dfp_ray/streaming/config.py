@@ -125,6 +125,13 @@ class KafkaConfig(BaseModel):
         "of it; a crashed consumer's partitions move to another member after it."
     )
     heartbeat_interval_ms: int = Field(1000, ge=100, description="Consumer heartbeat interval.")
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, le=30_000, description="Longest time the broker may hold one fetch request while it has "
+        "no new message. A broker that answers a held fetch as soon as a message arrives (Apache Kafka) "
+        "makes this only the rate of idle requests (10/s at 100: ~1.5% of a core); one that answers "
+        "later (Tansu) adds up to about half of it to a message's latency: with Kafka's default, 500, "
+        "0.10 s p50 / 0.22 s p99 from publish to the handler, against 0.03 / 0.05 s at 100."
+    )
     max_poll_interval_ms: int = Field(
         300_000, ge=1000, description="The source keeps polling (with its partitions paused) while a "
         "message is being processed, so a long training message does not drop it out of the group."
@@ -172,6 +179,8 @@ class KafkaConfig(BaseModel):
                                  "read again; use another name, e.g. '{topic}.dlq'")
         if parse_duration(self.retry_backoff_initial) > parse_duration(self.retry_backoff_max):
             raise ValueError("retry_backoff_initial must not exceed retry_backoff_max")
+        if self.fetch_max_wait_ms >= self.request_timeout_s * 1000:
+            raise ValueError("fetch_max_wait_ms must be below request_timeout")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
         return self

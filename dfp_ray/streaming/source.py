@@ -164,6 +164,12 @@ class KafkaControlSource:
         self.stats = StreamStats()
         self.broker = BrokerState(config.bootstrap_servers)
         self._stop = threading.Event()
+        #: Set once the consumer group has assigned this source its partitions (cleared when they
+        #: are revoked): from then on a published message is read within one fetch. Joining takes
+        #: the broker's rebalance wait (about 3 s with Tansu and session_timeout_ms=6000; Apache
+        #: Kafka's group.initial.rebalance.delay.ms is 3 s too), so benchmarks and tests that time
+        #: messages wait for it.
+        self.assigned = threading.Event()
         self._force = threading.Event()
         self._consumer: Any = None
         self._producer: Any = None
@@ -278,7 +284,7 @@ class KafkaControlSource:
                                      max_request_size=max(1_048_576, cfg.max_message_bytes + 65_536))
             consumer_kwargs: dict[str, Any] = dict(
                 bootstrap_servers=cfg.servers, group_id=cfg.group_id, enable_auto_commit=False,
-                auto_offset_reset=cfg.auto_offset_reset, max_poll_records=1,
+                auto_offset_reset=cfg.auto_offset_reset, max_poll_records=1, fetch_max_wait_ms=cfg.fetch_max_wait_ms,
                 session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=cfg.max_poll_interval_ms, request_timeout_ms=max(timeout_ms, 1000),
                 bootstrap_timeout_ms=timeout_ms, reconnect_backoff_max_ms=2000,
@@ -603,11 +609,14 @@ class _AssignmentLog(ConsumerRebalanceListener):
         self.warned: set[str] = set()
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        self.source.assigned.clear()
         if revoked:
             log.info("partitions revoked: %s", _partitions(revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", _partitions(assigned) or "none")
+        if assigned:
+            self.source.assigned.set()
         self.source._last_probe = 0.0
         consumer = self.source._consumer
         for topic in sorted({tp.topic for tp in assigned}):
@@ -619,6 +628,7 @@ class _AssignmentLog(ConsumerRebalanceListener):
                             "before inference)", topic, count)
 
     def on_partitions_lost(self, lost: Any) -> None:
+        self.source.assigned.clear()
         if lost:
             log.warning("partitions lost: %s", _partitions(lost))
 
