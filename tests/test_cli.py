@@ -39,3 +39,13 @@ def test_subcommands_are_registered(command, capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["run", "--input-file", "x.json"], ["stream", "--input-topic", "t"],
+                                     ["labels", "list"]])
+def test_a_bad_override_is_named_and_exits_2_in_every_command(command, capsys, tmp_path):
+    """run, stream and labels report an unusable configuration the same way: the dotted field."""
+    code = main([*command, "--set", f"state_dir={tmp_path}", "--set", "autoencoder.epochs=0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "autoencoder.epochs" in err

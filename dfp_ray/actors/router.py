@@ -204,21 +204,25 @@ class RouterActor:
                                     owed, generic=False))
         if generic_at == GENERIC_ACTOR:
             calls.append(_TrainCall(self.generic_actor, [data_type, 0, False, fit_id], wholes, [None], generic=True))
-        self._collect_training(calls, fit_id, result)
-        if generic_at is not None:
-            # Every actor may fall back to the generic model: drop any cached "not found" or
-            # older version now rather than after mlflow.refresh_seconds. (An actor that is
-            # restarting has an empty cache anyway.)
-            for ref in [a.invalidate.remote(None) for a in self.actors]:
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    pass
+        population_changed = self._collect_training(calls, fit_id, result)
+        if generic_at is not None or population_changed:
+            self._invalidate_generic()
 
-    def _collect_training(self, calls: list[_TrainCall], fit_id: str, result: MessageResult) -> None:
+    def _invalidate_generic(self) -> None:
+        """Every actor may fall back to the generic model and reads the population from its
+        registered model: drop any cached "not found", older version or population now, rather
+        than after mlflow.refresh_seconds. (An actor that is restarting has an empty cache anyway.)"""
+        for ref in [a.invalidate.remote(None) for a in self.actors]:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                pass
+
+    def _collect_training(self, calls: list[_TrainCall], fit_id: str, result: MessageResult) -> bool:
         """Record every model as it is registered; once the pool is done, widen the generic
         fit if it is still running (the pool's CPUs would idle for the rest of it). A call
-        whose actor died is sent again, once Ray restarted the actor, for the models still owed."""
+        whose actor died is sent again, once Ray restarted the actor, for the models still owed.
+        Returns whether the source's population changed."""
         for call in calls:
             call.start(self._work)
         threads = widen_threads(self.cfg.ray, len(self.actors)) if any(c.generic for c in calls) else 1
@@ -249,26 +253,23 @@ class RouterActor:
                 res = res.model_copy(update={"holdout": None})  # the summary need not carry them
             result.record_training(res)
             self.progress_state.add(users_done=1)
-        if holdouts:
-            self._store_population(holdouts, result)
+        return bool(holdouts) and self._store_population(holdouts, result)
 
-    def _store_population(self, holdouts: list, result: MessageResult) -> None:
+    def _store_population(self, holdouts: list, result: MessageResult) -> bool:
         """Pool the new user models' held-out scores into the source's population in the
-        registry (:mod:`dfp_ray.registry.population`), so every scorer reads the same one."""
+        registry (:mod:`dfp_ray.registry.population`), so every scorer reads the same one.
+        Returns whether it was stored."""
         try:
             if self._registry is None:
                 self._registry = ModelRegistry.from_config(self.cfg)
             merged = merge_population(self._registry.population(self.cfg.source), holdouts)
             if merged is not None:
                 self._registry.set_population(self.cfg.source, merged)
-                for ref in [a.invalidate.remote(None) for a in self.actors]:
-                    try:
-                        ray.get(ref)
-                    except ray.exceptions.RayActorError:
-                        pass
+                return True
         except Exception as exc:  # noqa: BLE001 - the models are registered; thresholds use the last population
             log.warning("message %s: the population of %s was not updated: %s", result.message_id,
                         self.cfg.source, exc)
+        return False
 
     # ---- inference ------------------------------------------------------------------------
     def _infer(self, infos: list[LoadInfo], refs: list[list], result: MessageResult, data_type: str) -> None:

@@ -110,7 +110,8 @@ def label_document(verdicts: list[dict]) -> dict:
 
 def add_labels(args: argparse.Namespace) -> int:
     from dfp_ray.messages import parse_control_messages
-    from dfp_ray.yaml_config import ConfigError
+
+    from .config_errors import load_or_report
 
     documents = []
     for name in args.files:
@@ -131,10 +132,8 @@ def add_labels(args: argparse.Namespace) -> int:
             print("error: --bootstrap-servers needs --topic (the stream's input topic)", file=sys.stderr)
             return 2
         return _send(args, documents)
-    try:
-        cfg = _config(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_or_report(lambda: _config(args))
+    if cfg is None:
         return 2
     from dfp_ray.labels import apply_labels
     from dfp_ray.runner import make_private_dir
@@ -180,12 +179,11 @@ def _send(args: argparse.Namespace, documents: list) -> int:
 
 def list_labels(args: argparse.Namespace) -> int:
     from dfp_ray.labels import LabelStore
-    from dfp_ray.yaml_config import ConfigError
 
-    try:
-        cfg = _config(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    from .config_errors import load_or_report
+
+    cfg = load_or_report(lambda: _config(args))
+    if cfg is None:
         return 2
     store = LabelStore(cfg.labels_path, cfg.source)
     frame = store.lines() if args.history else store.latest()

@@ -81,12 +81,10 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfp_ray.yaml_config import ConfigError
+    from .config_errors import load_or_report
 
-    try:
-        cfg = config_from_args(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_or_report(lambda: config_from_args(args))
+    if cfg is None:
         return 2
     from dfp_ray.runner import run as run_pipeline
 

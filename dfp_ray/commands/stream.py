@@ -58,17 +58,10 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    from .config_errors import load_or_report
 
-    from dfp_ray.yaml_config import ConfigError
-
-    try:
-        cfg = config_from_args(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        text = str(exc)
-        if isinstance(exc, ValidationError):
-            text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        print(f"error: {text}", file=sys.stderr)
+    cfg = load_or_report(lambda: config_from_args(args))
+    if cfg is None:
         return 2
     if not cfg.kafka.input_topics:
         print("error: no input topic: give --input-topic (or kafka.input_topics in the config)", file=sys.stderr)
