@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from serve_helpers import app_config, free_port, start_apps, train_dfp_registry  # noqa: E402
 
@@ -168,8 +169,18 @@ def run_http(url: str, base: list[dict], seconds: float, max_requests: int) -> d
                     assert r.status == 200 and answer["errors"] == 0, (r.status, str(answer)[:300])
 
             await drive(call, recs, 100, 1, 2.0, 50)
-            return {(size, c): await drive(call, recs, size, c, seconds, max_requests)
-                    for size in (1, 100) for c in CONCURRENCY}
+            figures = {(size, c): await drive(call, recs, size, c, seconds, max_requests)
+                       for size in (1, 100) for c in CONCURRENCY}
+            # the floor of the HTTP path: proxy -> ingress -> answer, no scorer call
+            times = []
+            for _ in range(200):
+                t = time.perf_counter()
+                async with session.get(f"{url}/healthz") as r:
+                    await r.read()
+                    assert r.status == 200
+                times.append(1000 * (time.perf_counter() - t))
+            figures["healthz_p50_ms"] = float(np.median(times))
+            return figures
 
     return asyncio.run(all_figures())
 
@@ -251,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{spread([x['records_per_s'] for x in h], '.0f'):>13} | "
                   f"{spread([x['p50_ms'] for x in lib], '.1f'):>11} {spread([x['p99_ms'] for x in lib], '.0f'):>9} "
                   f"{spread([x['rps'] for x in lib], '.0f'):>11} {spread([x['records_per_s'] for x in lib], '.0f'):>13}")
+    floor = [r["healthz_p50_ms"] for r in http_runs]
+    print(f"\nHTTP floor (GET /healthz: Serve's proxy and the ingress, no scoring), one client: p50 "
+          f"{spread(floor, '.1f')} ms")
+    results["healthz_p50_ms"] = floor
     single = [r[(1, 1)]["p50_ms"] for r in http_runs]
     batched = [max(r[(100, c)]["records_per_s"] for c in CONCURRENCY) for r in http_runs]
     print(f"\ntargets: single-record p50 < 20 ms over HTTP: {spread(single, '.1f')} ms "
