@@ -54,7 +54,7 @@ class FitInput:
     generator: torch.Generator
 
 
-def signature(network: DFPNetwork, params: AutoencoderParams) -> tuple:
+def signature(network: DFPNetwork) -> tuple:
     """Networks with equal signatures can share a group (same layer widths and feature kinds)."""
     return (
         network.n_numeric, network.n_binary, len(network.cardinalities),
@@ -141,58 +141,37 @@ class _Stack:
         return torch.tensor(rows)
 
     def _pairs(self, net: DFPNetwork, views: list[torch.Tensor], i: int):
-        """(stacked view slice, the network's tensor as laid out in the stack) for every parameter."""
-        pairs = []
-        for j, emb in enumerate(net.embeddings):
-            pairs.append((views[j][i, : emb.num_embeddings, : emb.embedding_dim], emb.weight))
-        layers = [*net.encoder, *net.decoder]
+        """For every parameter of member ``i``: (its block of the stack, where in that block the
+        network's values sit, the network's tensor as laid out in the stack: hidden and head
+        weights transposed, as views, so writing them writes the network)."""
+        whole = (slice(None),)
+        cols = self._input_columns(net).to(self.flat.device)
+        rows = self._output_rows(net).to(self.flat.device)
+        pairs = [(views[j][i, : emb.num_embeddings, : emb.embedding_dim], whole, emb.weight)
+                 for j, emb in enumerate(net.embeddings)]
         at = self.n_cat
-        for n, layer in enumerate(layers):
-            weight_t = views[at][i]
-            if n == 0:
-                pairs.append((weight_t, ("first", layer.weight)))
-            else:
-                pairs.append((weight_t, layer.weight.t()))
-            pairs.append((views[at + 1][i], layer.bias))
+        for n, layer in enumerate([*net.encoder, *net.decoder]):
+            pairs.append((views[at][i], (cols,) if n == 0 else whole, layer.weight.t()))
+            pairs.append((views[at + 1][i], whole, layer.bias))
             at += 2
-        pairs.append((views[at][i], ("head", net.head.weight)))
-        pairs.append((views[at + 1][i], ("head_bias", net.head.bias)))
+        pairs.append((views[at][i], (slice(None), rows), net.head.weight.t()))
+        pairs.append((views[at + 1][i], (rows,), net.head.bias))
         return pairs
 
     @torch.no_grad()
     def _fill(self, nets: list[DFPNetwork]) -> None:
         views = self.views()
         for i, net in enumerate(nets):
-            cols, rows = self._input_columns(net), self._output_rows(net)
-            for target, source in self._pairs(net, views, i):
-                if isinstance(source, tuple):
-                    kind, tensor = source
-                    if kind == "first":
-                        target[cols.to(target.device)] = tensor.t()
-                    elif kind == "head":
-                        target[:, rows.to(target.device)] = tensor.t()
-                    else:
-                        target[rows.to(target.device)] = tensor
-                else:
-                    target.copy_(source)
+            for block, where, tensor in self._pairs(net, views, i):
+                block[where] = tensor
 
     @torch.no_grad()
     def unstack(self, nets: list[DFPNetwork], flat: torch.Tensor) -> None:
         """Copy each member's (unpadded) weights from ``flat`` back into its own network."""
         views = self.views(flat)
         for i, net in enumerate(nets):
-            cols, rows = self._input_columns(net), self._output_rows(net)
-            for stacked, dest in self._pairs(net, views, i):
-                if isinstance(dest, tuple):
-                    kind, tensor = dest
-                    if kind == "first":
-                        tensor.copy_(stacked[cols.to(stacked.device)].t())
-                    elif kind == "head":
-                        tensor.copy_(stacked[:, rows.to(stacked.device)].t())
-                    else:
-                        tensor.copy_(stacked[rows.to(stacked.device)])
-                else:
-                    dest.copy_(stacked)  # hidden weights: dest is the transposed view of the weight
+            for block, where, tensor in self._pairs(net, views, i):
+                tensor.copy_(block[where])
 
     def forward(self, codes: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """codes [k, b, n_cat], dense [k, b, n_dense] -> (numeric, binary, masked logits), each [k, b, .]."""

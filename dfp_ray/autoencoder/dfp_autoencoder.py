@@ -255,9 +255,7 @@ class DFPAutoencoder:
         model) lends its loss stds to features this model saw little variation of
         (``params.prior_rows``).
         """
-        p = self.params
-        keep = p.num_threads if p.num_threads is not None or threads is None else torch.get_num_threads()
-        with torch_threads(keep), contextlib.ExitStack() as global_rng:
+        with torch_threads(_fit_threads(self.params, threads)), contextlib.ExitStack() as global_rng:
             state = self._begin_fit(df, global_rng)
             facts = train_network(
                 state.network, state.train, state.val, self.params, state.device, state.generator,
@@ -458,6 +456,14 @@ class DFPAutoencoder:
         return model
 
 
+def _fit_threads(params: AutoencoderParams, threads: Callable[[], int] | None) -> int | None:
+    """Threads a fit starts with (None: leave torch's setting): ``params.num_threads``, else the
+    current count when an owner's ``threads`` callable will change it (restored after)."""
+    if params.num_threads is not None or threads is None:
+        return params.num_threads
+    return torch.get_num_threads()
+
+
 def fit_many(
     models: Sequence[DFPAutoencoder],
     frames: Sequence[pd.DataFrame],
@@ -483,9 +489,7 @@ def fit_many(
     reports: list[TrainingReport | None] = [None] * len(models)
     if not models:
         return []
-    p0 = models[0].params
-    keep = p0.num_threads if p0.num_threads is not None or threads is None else torch.get_num_threads()
-    with torch_threads(keep):
+    with torch_threads(_fit_threads(models[0].params, threads)):
         if threads is not None:
             set_threads(threads())
         states: dict[int, _FitState] = {}
@@ -503,7 +507,7 @@ def fit_many(
                 state.elapsed = None
                 reports[i] = model._finish_fit(state, facts, priors[i])
                 continue
-            key = (signature(state.network, model.params), str(state.device), model.params.model_dump_json())
+            key = (signature(state.network), str(state.device), model.params.model_dump_json())
             groups.setdefault(key, []).append(i)
         size = max(1, group_size)
         for members in groups.values():

@@ -305,21 +305,22 @@ class UserController:
         :mod:`dfp_ray.autoencoder.batched`). Yields one result per user, in order."""
         jobs = [self._begin_train(user, frame, data_type, work) for user, frame in users]
         pending = [j for j in jobs if not isinstance(j, TrainResult)]
-        fitted: dict[int, object] = {}
+        fitted: list = []
         failure: Exception | None = None
         if pending:
             try:
                 with self._fit_lock:
-                    fitted = dict(zip((id(j) for j in pending), self._fit_many([j for j in pending]), strict=True))
+                    fitted = self._fit_many(pending)
             except Exception as exc:  # noqa: BLE001 - every user of the group reports it
                 failure = exc
+        results = iter(fitted)
         for job in jobs:
             if isinstance(job, TrainResult):
                 yield job
             elif failure is not None:
                 yield self._failed(job, failure)
             else:
-                yield self._end_train(job, fitted[id(job)])
+                yield self._end_train(job, next(results))
 
     def _begin_train(
         self, user: str | None, frame: UserFrame, data_type: str, work: WorkKey | None
@@ -449,7 +450,6 @@ class UserController:
             else:
                 todo.append((i, *rows))
         if todo:
-            self._fit_id = None
             fitted = train_models([f for _, f, _ in todo], self.schema, self.cfg.autoencoder,
                                   threads=self._fit_threads, extra_rows=[e for _, _, e in todo])
             for (i, _, _), result in zip(todo, fitted, strict=True):
