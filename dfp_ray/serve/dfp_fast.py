@@ -91,6 +91,7 @@ class FastMapper:
         self.why_not = self._unsupported(schema)
         self._specs = [(s, self._paths(s)) for s in schema.fields]
         self._patterns = {s.name: re.compile(s.pattern) for s in schema.fields if s.pattern is not None}
+        self._bools = {s.name: _BoolWords.of(s) for s in schema.fields if s.type == "bool"}
         # a record with a top-level key of a field's name: map_fields may read that column instead
         self._names = [s.name for s in schema.fields if s.path is not None and s.path != s.name]
 
@@ -154,7 +155,7 @@ class FastMapper:
                         if m is not None and m.group(1) is not None:
                             v = m.group(1)
                 elif spec.type == "bool":
-                    v = _bool(v, spec)
+                    v = self._bools[spec.name].read(v)
                     if v is _BAD:
                         return None
                 else:  # datetime: converted below, all at once, by the mapping's own function
@@ -215,17 +216,32 @@ def _text(v: Any) -> Any:
     return v or None
 
 
-def _bool(v: Any, spec: FieldSpec) -> Any:
-    if v is None:
-        return None if spec.false_values else False
-    if type(v) is not str:
-        return _BAD
-    key = v.lower()
-    if key in {t.lower() for t in spec.true_values if isinstance(t, str)}:
-        return True
-    if not spec.false_values:
-        return False
-    return False if key in {f.lower() for f in spec.false_values if isinstance(f, str)} else None
+@dataclass(frozen=True)
+class _BoolWords:
+    """A bool field's true/false words, lower-cased once per schema (not once per value)."""
+
+    true: frozenset[str]
+    false: frozenset[str]
+    has_false: bool  # the field declares false values: anything else is missing
+
+    @classmethod
+    def of(cls, spec: FieldSpec) -> _BoolWords:
+        def lowered(values: Sequence[Any]) -> frozenset[str]:
+            return frozenset(v.lower() for v in values if isinstance(v, str))
+
+        return cls(lowered(spec.true_values), lowered(spec.false_values), bool(spec.false_values))
+
+    def read(self, v: Any) -> Any:
+        if v is None:
+            return None if self.has_false else False
+        if type(v) is not str:
+            return _BAD
+        key = v.lower()
+        if key in self.true:
+            return True
+        if not self.has_false:
+            return False
+        return False if key in self.false else None
 
 
 @dataclass
