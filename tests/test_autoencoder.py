@@ -467,14 +467,51 @@ def test_cuda_fit_score_and_load_on_cpu(tmp_path):
 
 def test_bf16_precision_runs_and_stays_close(trained):
     model, _, df = trained
-    fp32 = model.score(df)
-    model.params = model.params.model_copy(update={"precision": "bf16"})
+    asked = model.params.precision
     try:
+        model.params = model.params.model_copy(update={"precision": "fp32"})
+        fp32 = model.score(df)
+        model.params = model.params.model_copy(update={"precision": "bf16"})
         bf16 = model.score(df)
     finally:
-        model.params = model.params.model_copy(update={"precision": "fp32"})
+        model.params = model.params.model_copy(update={"precision": asked})
     assert math.isclose(bf16["mean_abs_z"].mean(), fp32["mean_abs_z"].mean(), rel_tol=0.1)
     assert (bf16["os_pred"] == fp32["os_pred"]).mean() > 0.99
+
+
+def test_precision_auto_is_bf16_only_for_large_batches_where_the_cpu_multiplies_it_natively(trained, tmp_path):
+    from dfp_ray.autoencoder import kernels
+
+    _, report, _ = trained
+    assert AutoencoderParams().precision == "auto"
+    assert report.precision == "fp32"  # 64-row batches: autocast's per-step weight casts would cost more
+    big = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(**{**SMALL, "batch_size": 512}, epochs=1))
+    df = make_frame(4700)
+    native = "bf16" if kernels.cpu_has_native_bf16() else "fp32"
+    assert big.fit(df).precision == big.params.precision == native
+    assert big.requested_params.precision == "auto"
+    big.save(tmp_path)
+    loaded = DFPAutoencoder.load(tmp_path, device="cpu")
+    assert loaded.params.precision == native
+    np.testing.assert_allclose(loaded.score(df)["mean_abs_z"], big.score(df)["mean_abs_z"], rtol=1e-5)
+
+
+def test_max_rows_per_epoch_samples_large_frames_and_leaves_small_ones_alone():
+    df = make_frame(600)
+    def fit(cap):
+        model = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(**SMALL, epochs=4, max_rows_per_epoch=cap))
+        return model, model.fit(df)
+
+    (full, full_report), (same, same_report) = fit(None), fit(10_000)
+    assert full_report.epoch_rows == same_report.epoch_rows == full_report.train_rows == 540
+    for a, b in zip(full.network.parameters(), same.network.parameters(), strict=True):
+        assert torch.equal(a, b)  # a cap above the frame changes nothing
+    capped, report = fit(128)
+    assert report.epoch_rows == 128 and report.train_rows == 540 and report.epochs_run == 4
+    assert not all(torch.equal(a, b) for a, b in zip(full.network.parameters(), capped.network.parameters(),
+                                                     strict=True))
+    scores = capped.score(df)  # statistics still come from every training row
+    assert scores["mean_abs_z"].notna().all() and len(scores) == 600
 
 
 def test_column_without_known_categories_predicts_other():

@@ -35,8 +35,12 @@ from .scoring import raw_scores, score_encoded, score_frame
 from .trainer import (
     LossStatistics,
     TrainingReport,
+    auto_precision,
     loss_statistics,
+    native_precision,
+    resolve_precision,
     robust_scale,
+    rows_per_epoch,
     set_threads,
     torch_threads,
     train_network,
@@ -208,7 +212,7 @@ class DFPAutoencoder:
     def _use_onednn(self, device: torch.device) -> bool:
         """Whether fp32 CPU linear layers run on oneDNN (see kernels.py and ``cpu_matmul``)."""
         choice = self.params.cpu_matmul
-        if device.type != "cpu" or choice == "aten":
+        if device.type != "cpu" or choice == "aten" or resolve_precision(self.params.precision, device) != "fp32":
             return False
         if not kernels.onednn_available():
             if choice == "onednn":
@@ -292,6 +296,8 @@ class DFPAutoencoder:
         )
         train = encoder.transform(train_df).to(device)
         val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
+        if p.precision == "auto":  # the precision this fit runs in, stored with it (params)
+            p = self.params = p.model_copy(update={"precision": auto_precision(len(train), p, device)})
         if p.width_rule != "fixed":  # the widths this model's rows get, stored with it (params)
             encoder_layers, decoder_layers = p.widths_for(len(train))
             p = self.params = p.model_copy(
@@ -348,6 +354,8 @@ class DFPAutoencoder:
             train_rows=len(train),
             val_rows=state.n_val,
             device=str(device),
+            epoch_rows=rows_per_epoch(len(train), self.params),
+            precision=resolve_precision(self.params.precision, device),
         )
         return self.training_report
 
@@ -434,6 +442,10 @@ class DFPAutoencoder:
             )
         network.load_state_dict(model_io.read_weights(path), strict=True, assign=True)
         resolved = resolve_device(device)
+        if params.precision == "bf16" and native_precision(resolved) != "bf16":
+            # trained where bf16 is native; here it would be emulated (~16x slower): score in fp32
+            log.info("%s: trained in bf16, scored in fp32 on %s (no native bfloat16 here)", path, resolved)
+            model.params = model.requested_params = params.model_copy(update={"precision": "fp32"})
         network.use_onednn = model._use_onednn(resolved)
         model.encoder, model.network, model.device = encoder, network.to(resolved).eval(), resolved
         order = model.feature_columns
@@ -501,7 +513,8 @@ def fit_many(
             with contextlib.ExitStack() as global_rng:
                 state = states[i] = model._begin_fit(frame, global_rng)
             state.elapsed = time.perf_counter() - state.started
-            if not can_group(model.params):  # too wide to gain: alone
+            if not can_group(model.params) or rows_per_epoch(len(state.train), model.params) < len(state.train):
+                # too wide to gain, or sampled epochs (large frames, which gain nothing): alone
                 facts = train_network(state.network, state.train, state.val, model.params, state.device,
                                       state.generator, threads=threads)
                 state.elapsed = None

@@ -118,6 +118,14 @@ class AutoencoderParams(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay (Morpheus: 0).")
     batch_size: int = Field(512, ge=1, description="Training mini-batch size in rows (Morpheus: 512).")
     epochs: int = Field(30, ge=1, description="Maximum number of training epochs (Morpheus: 30).")
+    max_rows_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="An epoch trains on at most this many rows, a fresh random sample (without "
+        "replacement) of the training rows each epoch; smaller frames use every row, as before. Bounds "
+        "the cost of a model with very many rows (the generic model sees every user's rows) to "
+        "epochs x this, whatever the number of users. None = every row every epoch (Morpheus).",
+    )
     min_batches_per_epoch: int = Field(
         8,
         ge=1,
@@ -224,12 +232,17 @@ class AutoencoderParams(BaseModel):
         "on this CPU (oneDNN only when this torch build has it, it passes a start-up check and it "
         "is >15% faster). Same fp32 arithmetic either way (results differ only in summation order).",
     )
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="Matrix-product precision. 'fp32' (default) is exact and portable. 'bf16' runs the "
-        "layers under bfloat16 autocast (weights and losses stay fp32): ~4x faster matrix products on "
-        "CPUs with AVX512-BF16/AMX and on recent GPUs, at ~3 significant digits in the activations; "
-        "much slower on CPUs without native bfloat16.",
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Matrix-product precision. 'auto' (default): 'bf16' for fits whose batches have at "
+        "least 512 rows (the generic model, users with >= 4096 rows) where the device multiplies bfloat16 "
+        "natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16 support), 'fp32' everywhere else "
+        "(small batches lose: autocast casts every weight once per step). The precision a fit ran in is "
+        "stored with the model (its params, the TrainingReport, the registered 'precision_used' param); a "
+        "bf16 model loaded where bf16 is not native scores in fp32. 'fp32' is exact and portable. 'bf16' runs the layers "
+        "under bfloat16 autocast (weights, losses and the optimiser stay fp32): ~2x faster fits on "
+        "such CPUs at the same detection quality (docs/autoencoder.md, 'Training cost'), ~3 "
+        "significant digits in the activations; emulated, ~16x slower, on CPUs without it.",
     )
 
     def widths_for(self, rows: int) -> tuple[list[int], list[int]]:

@@ -9,6 +9,7 @@ per batch for the swap noise. No pandas, no per-row Python, and no ``.item()`` p
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -49,6 +50,12 @@ class TrainingReport(BaseModel):
     train_rows: int = Field(description="Rows trained on (and used for loss statistics).")
     val_rows: int = Field(description="Rows held out for validation (the last ones in time order).")
     device: str = Field(description="Device the model was trained on.")
+    epoch_rows: int | None = Field(
+        None, description="Rows each epoch trained on: train_rows, or max_rows_per_epoch sampled afresh each epoch."
+    )
+    precision: str = Field(
+        "fp32", description="Precision the layers ran in ('fp32' or 'bf16': params.precision 'auto' resolved)."
+    )
 
 
 @dataclass
@@ -105,9 +112,39 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+@functools.lru_cache(maxsize=16)
+def native_precision(device: torch.device) -> str:
+    """What ``precision='auto'`` means on ``device``: 'bf16' where it multiplies bfloat16 natively
+    (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports bf16), 'fp32' everywhere else."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        from .kernels import cpu_has_native_bf16
+
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+MIN_BF16_BATCH = 512  # bf16 autocast pays from here (2.1x on the generic model); at 16-row batches it lost 1.2x
+
+
+def auto_precision(train_rows: int, params: AutoencoderParams, device: torch.device) -> str:
+    """What ``precision='auto'`` fits a model of ``train_rows`` rows in: bf16 where it is native and
+    the batches are large enough to gain (autocast casts every weight once per step, a fixed cost
+    that small batches of small users never win back), fp32 otherwise."""
+    batch = effective_batch_size(rows_per_epoch(train_rows, params), params)
+    return native_precision(device) if batch >= MIN_BF16_BATCH else "fp32"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a model's layers run in on ``device`` ('auto' resolved, see native_precision)."""
+    return native_precision(device) if precision == "auto" else precision
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the layers when asked; fp32 (no autocast) otherwise."""
-    if precision == "bf16":
+    """bf16 autocast for the layers when asked (or 'auto' on a device that multiplies bf16
+    natively); fp32 (no autocast) otherwise."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -228,6 +265,11 @@ def effective_batch_size(rows: int, params: AutoencoderParams) -> int:
     return max(1, min(params.batch_size, math.ceil(rows / params.min_batches_per_epoch)))
 
 
+def rows_per_epoch(rows: int, params: AutoencoderParams) -> int:
+    """Rows one epoch trains on: every row, or ``max_rows_per_epoch`` sampled afresh each epoch."""
+    return rows if params.max_rows_per_epoch is None else min(rows, params.max_rows_per_epoch)
+
+
 def _build_optimizer(network: DFPNetwork, params: AutoencoderParams) -> torch.optim.Optimizer:
     # fused kernels: one pass over all parameters per step instead of one op per tensor
     if params.optimizer == "adam":
@@ -290,7 +332,8 @@ def train_network(
     """
     optimizer = _build_optimizer(network, params)
     n_rows = len(train)
-    batch = effective_batch_size(n_rows, params)
+    epoch_rows = rows_per_epoch(n_rows, params)
+    batch = effective_batch_size(epoch_rows, params)
     eval_batch = params.eval_batch_size
     reduce_sum = params.loss_reduction == "sum"
     patience = params.early_stopping_patience or 0
@@ -315,8 +358,8 @@ def train_network(
         if threads is not None:
             set_threads(threads())
         running = torch.zeros((), dtype=torch.float64, device=device)
-        order = torch.randperm(n_rows, generator=generator, device=device)
-        for start in range(0, n_rows, batch):
+        order = torch.randperm(n_rows, generator=generator, device=device)[:epoch_rows]
+        for start in range(0, epoch_rows, batch):
             index = order[start : start + batch]
             target = EncodedFrame(train.codes[index], train.dense[index])
             noisy = _swap_noise(target, train, params.swap_probability, generator)
@@ -330,7 +373,7 @@ def train_network(
             running += per_feature.detach().mean().double() * len(index)
         for group in optimizer.param_groups:
             group["lr"] *= params.lr_decay
-        train_losses.append(float(running) / n_rows)
+        train_losses.append(float(running) / epoch_rows)
 
         message = f"epoch {epoch + 1}: train {train_losses[-1]:.5f}"
         if has_val:

@@ -391,6 +391,7 @@ class ModelRegistry:
             first_event=first.isoformat(),
             last_event=last.isoformat(),
             row_count=str(report.rows),
+            precision_used=report.precision,
             train_rows=str(report.train_rows),
             val_rows=str(report.val_rows),
             schema=schema.name,
