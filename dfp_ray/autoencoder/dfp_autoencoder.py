@@ -38,7 +38,6 @@ from .trainer import (
     auto_precision,
     loss_statistics,
     native_precision,
-    resolve_precision,
     robust_scale,
     rows_per_epoch,
     set_threads,
@@ -212,7 +211,7 @@ class DFPAutoencoder:
     def _use_onednn(self, device: torch.device) -> bool:
         """Whether fp32 CPU linear layers run on oneDNN (see kernels.py and ``cpu_matmul``)."""
         choice = self.params.cpu_matmul
-        if device.type != "cpu" or choice == "aten" or resolve_precision(self.params.precision, device) != "fp32":
+        if device.type != "cpu" or choice == "aten" or self.params.precision == "bf16":
             return False
         if not kernels.onednn_available():
             if choice == "onednn":
@@ -355,7 +354,7 @@ class DFPAutoencoder:
             val_rows=state.n_val,
             device=str(device),
             epoch_rows=rows_per_epoch(len(train), self.params),
-            precision=resolve_precision(self.params.precision, device),
+            precision=self.params.precision,
         )
         return self.training_report
 

@@ -126,7 +126,6 @@ def linear(x: torch.Tensor, layer: torch.nn.Linear, relu: bool = False, onednn: 
 
 
 @functools.cache
-@functools.cache
 def cpu_has_native_bf16() -> bool | None:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); None if unknown.
 

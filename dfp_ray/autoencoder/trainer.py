@@ -136,15 +136,10 @@ def auto_precision(train_rows: int, params: AutoencoderParams, device: torch.dev
     return native_precision(device) if batch >= MIN_BF16_BATCH else "fp32"
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a model's layers run in on ``device`` ('auto' resolved, see native_precision)."""
-    return native_precision(device) if precision == "auto" else precision
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the layers when asked (or 'auto' on a device that multiplies bf16
-    natively); fp32 (no autocast) otherwise."""
-    if resolve_precision(precision, device) == "bf16":
+    """bf16 autocast for the layers when asked; fp32 (no autocast) otherwise. A fitted model's
+    precision is never 'auto': fit resolves it (see auto_precision) and stores the result."""
+    if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
