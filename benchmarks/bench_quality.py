@@ -151,6 +151,7 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
     label = "morpheus" if profile == "morpheus" else "ours"
     results.append(Q.measure(scored, qset.truth, score=scored["anomaly_score"].to_numpy(),
                              detected=(scored["anomaly_score"] > 1).to_numpy(), name=name, rule=label, rare=qset.rare))
+    alone = None
     if profile == "ours":
         plain = plain_scores(scored, models, qset.schema)
         results.append(Q.measure(scored, qset.truth, score=plain, detected=plain > 2.0, name=name,
@@ -169,6 +170,8 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
         keep = Path(args.keep)
         keep.mkdir(parents=True, exist_ok=True)
         scored.to_pickle(keep / f"scored_{label}_{name}.pkl")
+        if alone is not None:
+            alone.to_pickle(keep / f"scored_{label}-generic_{name}.pkl")
     sources = scored["threshold_source"].value_counts().to_dict() if "threshold_source" in scored else {}
     print(f"  {name} [{label}]: {len(models.users)} user models (>= {min_rows} rows) + generic trained in {train_s:.0f} s; "
           f"{len(scored)} events scored; thresholds {sources}", flush=True)
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lanl", default=str(LANL_DIR), help="folder with the LANL sample and red-team file")
     parser.add_argument("--set", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
                         help="autoencoder parameter of the 'ours' profile, e.g. --set width_rule=fixed (repeatable)")
-    parser.add_argument("--keep", default=None, help="folder to keep every scored set in (pickles), for analysis")
+    parser.add_argument("--keep", default=None, help="folder to keep every scored set in (pickles, and the generic-model-alone scoring of the synthetic sets), for analysis")
     args = parser.parse_args(argv)
 
     import logging
