@@ -14,7 +14,9 @@ Profiles: ``ours`` (the shipped defaults: schemas, autoencoder, calibrated rule)
 ``morpheus`` (what main did before: Morpheus's training recipe and feature lists, plain-std
 z-scores, ``mean_abs_z > 2.0``). Within the ``ours`` profile the Morpheus rule (plain std,
 fixed 2.0) is also applied to the SAME models (rule ``same+2.0``), so the scoring gain is
-measured apart from the training and feature gains; and on the synthetic sets every event is
+measured apart from the training and feature gains; the calibrated rule without the population
+check (rule ``own-only``: ``detection.population_share: 0``, each user's own model alone); and
+on the synthetic sets every event is
 also scored by the generic model alone (rule ``generic``: how users without a model of their
 own are caught).
 
@@ -153,6 +155,11 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
                              detected=(scored["anomaly_score"] > 1).to_numpy(), name=name, rule=label, rare=qset.rare))
     alone = None
     if profile == "ours":
+        if rule.rule == "calibrated" and rule.population_share > 0:  # the same models without the check
+            own_only = Q.score_set(qset, models, detection=rule.model_copy(update={"population_share": 0.0}))
+            results.append(Q.measure(own_only, qset.truth, score=own_only["anomaly_score"].to_numpy(),
+                                     detected=(own_only["anomaly_score"] > 1).to_numpy(), name=name,
+                                     rule="own-only", rare=qset.rare))
         plain = plain_scores(scored, models, qset.schema)
         results.append(Q.measure(scored, qset.truth, score=plain, detected=plain > 2.0, name=name,
                                  rule="same+2.0", rare=qset.rare))

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dfp_ray.autoencoder.calibration import DEFAULT_ALERT_RATE
+from dfp_ray.autoencoder.calibration import DEFAULT_ALERT_RATE, DEFAULT_POPULATION_SHARE
 from dfp_ray.autoencoder.params import AutoencoderParams
 from dfp_ray.streaming.config import KafkaConfig, KafkaSinkConfig
 from dfp_ray.yaml_config import ConfigError, parse_override, read_yaml, set_dotted, validate_model
@@ -56,6 +56,9 @@ class DetectionConfig(_Strict):
     threshold for ``alert_rate``, estimated from rows it held out in training; the output says
     which threshold was used (``alert_threshold``, ``threshold_source``) and ``anomaly_score``
     = ``mean_abs_z / alert_threshold`` ranks rows of all users on one scale (detection: > 1).
+    With ``population_share`` > 0 the generic model also scores the events of users with a
+    model of their own at its share of the rate (the population check: ``population_score``,
+    ``detected_by``; docs/scoring.md section 2b).
     ``fixed``: Morpheus's rule, ``score_column > threshold`` for every model.
     """
 
@@ -65,6 +68,16 @@ class DetectionConfig(_Strict):
     alert_rate: float = Field(
         DEFAULT_ALERT_RATE, gt=0, lt=0.5,
         description="calibrated rule: the share of a model's normal events it should flag (0.003 = 3 in 1,000).",
+    )
+    population_share: float = Field(
+        DEFAULT_POPULATION_SHARE, ge=0, lt=1,
+        description="calibrated rule: the part of alert_rate given to the population check. Every event of a "
+        "user with a model of their own is also scored by the source's generic model (trained on every "
+        "user), which flags values new for everyone (a foreign country, an attacker's browser) that a user "
+        "with varied habits' own model forgives. The own model flags alert_rate x (1 - population_share) of "
+        "its normal events, the generic model alert_rate x population_share; an event is a detection when "
+        "either flags it (detected_by says which). 0 = own model only (Morpheus). Needs a registered generic "
+        "model; without one the own model gets the whole alert_rate.",
     )
     threshold: float = Field(2.0, description="fixed rule: rows whose score column exceeds this are detections.")
     score_column: Literal["mean_abs_z", "max_abs_z"] = Field(

@@ -82,9 +82,30 @@ def _variants(name, schema, records):
 
 def test_the_fast_path_gives_each_record_the_pipelines_scores(source):
     name, schema, model, ref, records = source
+    resolve = lambda user: (model, ref)  # noqa: E731 - every user on the one (generic) model
+    _compare(source, resolve, DET)
+
+
+def test_the_fast_path_gives_the_pipelines_population_check(source):
+    """Users on a model of their own, the generic model as the population check: same scores,
+    population scores, detected_by and explanations (the check's own detections explained by
+    the generic model) on both paths. A high alert rate makes both sides flag rows."""
+    name, schema, generic, _, records = source
+    frame, _ = frame_from_records(records, schema, derive=False)
+    own, _, _ = train_model(frame, schema, AutoencoderParams.model_validate({**PARAMS, "seed": 2}))
+    resolve = lambda user: (own, ModelRef(name=f"DFP-{name}-{user}", version="3"))  # noqa: E731
+    det = DetectionConfig(alert_rate=0.2, population_share=0.5)
+    kinds = _compare(source, resolve, det, population_model=generic)
+    assert "population" in kinds and kinds & {"model", "model+population"}, kinds
+
+
+def _compare(source, resolve, det, population_model=None) -> set:
+    """Score every request both ways and compare record by record; the detected_by values seen."""
+    name, schema, model, ref, records = source
+    DET = det  # noqa: N806 - the rule both paths apply
     mapper = FastMapper(schema)
     assert mapper.why_not is None
-    resolve = lambda user: (model, ref)  # noqa: E731 - every user on the one (generic) model
+    kinds: set = set()
     histories: dict[str, DayHistory] = {}
     history_rows = None  # the reference path's same-day history: mapped rows, as the pandas scorer held them
     cols = [c.column for c in schema.counters if c.column]
@@ -100,7 +121,7 @@ def test_the_fast_path_gives_each_record_the_pipelines_scores(source):
         combined = new if history_rows is None else pd.concat([history_rows, new], ignore_index=True)
         prepared = prepare_features(combined, schema)
         fresh = prepared[prepared["_source_file"].to_numpy() >= 0].reset_index(drop=True)
-        want, _ = score_users(fresh, schema, resolve, detection=DET)
+        want, _ = score_users(fresh, schema, resolve, detection=DET, population_model=population_model)
         flagged = set(filter_detections(want, DET)["_source_file"].tolist())
         times = combined[schema.time_column]
         newest = times.groupby(combined[schema.user_column]).transform("max").dt.floor("D")
@@ -117,7 +138,8 @@ def test_the_fast_path_gives_each_record_the_pipelines_scores(source):
                 for i, g in zip(idx, got, strict=True):
                     counters[cname][i] = g
             day.remember(schema, t, v, 5000)
-        got = score_rows(schema, DET, fast, counters, resolve, None, "DFP-x-generic_user", 3)
+        got = score_rows(schema, DET, fast, counters, resolve, None, "DFP-x-generic_user", 3,
+                         population_model=population_model)
         assert not got.failed
         by_pos = {int(p): i for i, p in enumerate(got.cols["_source_file"].tolist())}
         for _, row in want.iterrows():
@@ -132,9 +154,16 @@ def test_the_fast_path_gives_each_record_the_pipelines_scores(source):
             assert bool(got.cols["detection"][i]) is (int(row["_source_file"]) in flagged)
             assert got.cols["explanation"][i] == row["explanation"]
             assert got.cols["event_id"][i] == row["event_id"]
+            if population_model is not None:
+                assert np.array_equal(got.cols["population_score"][i], row["population_score"], equal_nan=True)
+                assert got.cols["detected_by"][i] == row["detected_by"]
+                kinds.add(row["detected_by"])
+            else:
+                assert "detected_by" not in got.cols and "detected_by" not in want.columns
             checked += 1
             detections += bool(got.cols["detection"][i])
     assert checked == sum(len(r) for r in _variants(name, schema, records))
+    return kinds
 
 
 def test_records_the_fast_mapper_does_not_take_go_the_pandas_way():

@@ -31,6 +31,10 @@ from pydantic import BaseModel, Field
 
 DEFAULT_ALERT_RATE = 0.003
 """Share of normal events a model should flag by default (the detection config's default)."""
+DEFAULT_POPULATION_SHARE = 1 / 3
+"""Part of the alert rate the generic model's population check gets by default (docs/scoring.md:
+a third kept the false-positive rate of every measured set at or under 1% while catching values
+new for every user)."""
 MAX_KEPT = 512  # points kept per distribution (quantiles when there are more rows)
 MIN_OWN_ROWS = 20  # held-out rows a model needs before its own tail counts at all
 MIN_POPULATION_ROWS = 50  # pooled held-out rows needed before the population is used

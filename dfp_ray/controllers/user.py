@@ -484,6 +484,21 @@ class UserController:
         found = self.cache.population(self.cfg.source)
         return found.calibration if found is not None else None
 
+    def _population_model(self):
+        """The generic model for the population check (``detection.population_share``), or None:
+        the fixed rule, a share of 0, none registered, or the registry not answering (then the
+        user models get the whole alert rate; logged)."""
+        det = self.cfg.detection
+        if det.rule != "calibrated" or det.population_share <= 0:
+            return None
+        try:
+            found = self.cache.get(self.cfg.source, None)
+        except Exception as exc:  # noqa: BLE001 - a second opinion; scoring goes on without it
+            log.warning("source %s: no population check this call, the generic model is not loadable: %s",
+                        self.cfg.source, exc)
+            return None
+        return found[0] if found is not None else None
+
     def model_for(self, user: str):
         """The user's latest model, else the generic one; raises NoModelError with advice."""
         try:
@@ -515,6 +530,8 @@ class UserController:
         users = list(prepared[s.user_column].astype(str).unique())
         self.users_seen.update(users)
         wanted: list[str | None] = [*users, None] if self.cfg.fallback_to_generic else list(users)
+        if None not in wanted and self.cfg.detection.population_share > 0:
+            wanted.append(None)  # the population check's generic model
         try:
             self.cache.prefetch(self.cfg.source, wanted)
         except Exception as exc:  # noqa: BLE001 - an optimisation: model_for() reports per user
@@ -522,7 +539,8 @@ class UserController:
         self._lookup_failures = {}
         population = self._population()
         scored, results = score_users(prepared, s, self.model_for, worker=self.worker_index,
-                                      detection=self.cfg.detection, population=population)
+                                      detection=self.cfg.detection, population=population,
+                                      population_model=self._population_model())
         elapsed = time.perf_counter() - start
         for r in results:
             r.seconds = elapsed

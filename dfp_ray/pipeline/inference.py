@@ -56,6 +56,7 @@ def score_users(
     worker: int = -1,
     detection: DetectionConfig | None = None,
     population: Calibration | None = None,
+    population_model: DFPAutoencoder | None = None,
 ) -> tuple[ScoredFrame, list[InferResult]]:
     """Score every row of ``prepared`` (features computed, default index), user by user.
 
@@ -65,7 +66,9 @@ def score_users(
     the frame lacks, is reported in its result and left out of the output. ``detection`` is
     the rule whose threshold columns and explanations the rows get; ``population``: the
     source's pooled user-model held-out scores the user models' thresholds blend with (see
-    :func:`score_groups`; :meth:`dfp_ray.registry.ModelCache.population` reads it).
+    :func:`score_groups`; :meth:`dfp_ray.registry.ModelCache.population` reads it);
+    ``population_model``: the source's generic model, for the population check of the rows
+    scored by their user's own model (see :func:`add_population_check`).
     """
     available = set(prepared.columns)
     users = prepared[schema.user_column].astype(str)
@@ -87,7 +90,9 @@ def score_users(
         ScoringGroup(model, label, np.concatenate(parts), generic=GENERIC_SLOT in ref.name)
         for label, (model, ref, parts) in by_model.items()
     ]
-    return score_groups(prepared, schema, groups, detection=detection, population=population), results
+    scored = score_groups(prepared, schema, groups, detection=detection, population=population,
+                          population_model=population_model)
+    return scored, results
 
 
 def population_of(groups: list[ScoringGroup], population: Calibration | None = None) -> Calibration | None:
@@ -106,6 +111,7 @@ def score_groups(
     *,
     detection: DetectionConfig | None = None,
     population: Calibration | None = None,
+    population_model: DFPAutoencoder | None = None,
     detected_at: datetime | None = None,
 ) -> pd.DataFrame:
     """Score ``prepared`` (features computed, default RangeIndex) group by group.
@@ -114,9 +120,11 @@ def score_groups(
     generic])`` tuples); rows in no group are left out. User models read their thresholds from
     ``population`` (the source's pooled user-model held-out scores; without it, the pool of
     the user models in ``groups``), blended with their own as their history grows; the
-    generic model from its own. Returns
-    the scored rows (input columns, result columns, the detection rule's ``alert_threshold`` /
-    ``anomaly_score`` / ``threshold_source``, explanations of the detections, ``event_time``,
+    generic model from its own. ``population_model`` (the generic model) also scores the rows
+    of the user models: the population check (:func:`add_population_check`). Returns the
+    scored rows (input columns, result columns, the detection rule's ``alert_threshold`` /
+    ``anomaly_score`` / ``threshold_source``, with the check ``population_score`` /
+    ``population_threshold`` / ``detected_by``, explanations of the detections, ``event_time``,
     ``model_version``) in time order (stable).
     """
     detection = detection or DetectionConfig()
@@ -130,8 +138,10 @@ def score_groups(
         *(list(dict.fromkeys(c for m in models for c in getattr(m, group))) for group in ("categorical", "numeric", "binary")),
     )
     sizes = [len(g.rows) for g in groups]
+    own_rate, check_rate = population_rates(detection, population_model, groups)
     per_group = [
-        g.model.score_columns(columns, g.rows, alert_rate=detection.alert_rate, population=pooled, generic=g.generic)
+        g.model.score_columns(columns, g.rows, alert_rate=detection.alert_rate if g.generic else own_rate,
+                              population=pooled, generic=g.generic)
         for g in groups
     ]
     names = list(dict.fromkeys(name for result in per_group for name in result))
@@ -144,11 +154,130 @@ def score_groups(
         for name in names
     }
     rows = np.concatenate([g.rows for g in groups])
+    check = add_population_check(results, columns, rows, groups, sizes, population_model, check_rate)
     versions = np.repeat(np.array([g.label for g in groups], dtype=object), sizes)
     out = pd.concat(
         [prepared.take(rows).reset_index(drop=True), pd.DataFrame(results, copy=False)], axis=1
     )
     out = apply_rule(out, detection)
+    if check is not None:
+        out["detected_by"] = check.detected_by(out["anomaly_score"].to_numpy(dtype=np.float64))
     out = add_explanations(out, detection, schema)
+    if check is not None and detection.explain_top:
+        check.explain_into(out, schema, detection.explain_top)
     out = add_postprocessing(out, model_version=pd.Series(versions, index=out.index), detected_at=detected_at)
     return out.sort_values(schema.time_column, kind="stable").reset_index(drop=True)
+
+
+def population_rates(
+    detection: DetectionConfig, population_model: DFPAutoencoder | None, groups: list[ScoringGroup]
+) -> tuple[float, float]:
+    """``(alert rate of the user models, alert rate of the population check)``.
+
+    The check runs with the calibrated rule when a calibrated generic model is given and some
+    rows are scored by a user's own model; the two then split ``alert_rate`` by
+    ``population_share``, so an event flagged by either keeps the false-positive rate at about
+    ``alert_rate``. Otherwise the user models get all of it and the check's rate is 0.
+    """
+    share = detection.population_share
+    if (
+        detection.rule != "calibrated" or share <= 0 or population_model is None
+        or getattr(population_model, "calibration", None) is None or all(g.generic for g in groups)
+    ):
+        return detection.alert_rate, 0.0
+    return detection.alert_rate * (1.0 - share), detection.alert_rate * share
+
+
+@dataclass
+class PopulationCheck:
+    """The generic model's opinion of the rows scored by a user's own model.
+
+    ``checked``: per output row, whether the generic model scored it (a user model's row);
+    ``opinion``: the generic model's result columns for those rows, in output order;
+    ``own_score``: the user models' ``anomaly_score`` before the check;
+    ``population_score``: the generic model's, NaN on rows not checked.
+    """
+
+    checked: np.ndarray
+    opinion: dict[str, np.ndarray]
+    own_score: np.ndarray
+    population_score: np.ndarray
+
+    def detected_by(self, anomaly: np.ndarray) -> np.ndarray:
+        """Per row: ``model`` (the model in ``model_version`` flagged it), ``population`` (only
+        the generic model's check did), ``model+population``, or ``""`` (no detection)."""
+        detected = anomaly > 1.0
+        by_pop = np.nan_to_num(self.population_score, nan=0.0) > 1.0
+        by_own = ~(np.nan_to_num(self.own_score, nan=np.inf) <= 1.0)  # unscaled rows: the model's rule
+        return np.select([detected & by_pop & ~by_own, detected & by_pop & by_own, detected],
+                         ["population", "model+population", "model"], "").astype(object)
+
+    def opinion_at(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The generic model's columns at output positions ``rows`` (all of them checked)."""
+        where = np.cumsum(self.checked) - 1
+        return {k: v[where[rows]] for k, v in self.opinion.items()}
+
+    def explain_into(self, out: pd.DataFrame, schema: SourceSchema, top: int) -> None:
+        """Re-explain, in place, the detections only the check made (``out`` in output order):
+        their drivers are the generic model's z-scores (what is new for everyone)."""
+        rows = np.flatnonzero(self.detected_by(out["anomaly_score"].to_numpy(dtype=np.float64)) == "population")
+        if not len(rows):
+            return
+        drivers = population_drivers(out.iloc[rows], self.opinion_at(rows), schema, top)
+        for c in drivers.columns:
+            values = out[c].to_numpy(copy=True)
+            values[rows] = drivers[c].to_numpy()
+            out[c] = values
+
+
+def add_population_check(
+    results: dict[str, np.ndarray], columns: FeatureColumns, rows: np.ndarray, groups: list[ScoringGroup],
+    sizes: list[int], population_model: DFPAutoencoder | None, rate: float,
+) -> PopulationCheck | None:
+    """The population check, in place on ``results`` (result columns in output order: the
+    groups' rows concatenated): the generic model scores every row of a user model at alert
+    rate ``rate``; ``population_score`` / ``population_threshold`` are its ``anomaly_score``
+    and threshold there (NaN on rows the generic model scored as their only model), and
+    ``anomaly_score`` becomes the larger of the two: a detection is an event either flags.
+
+    Why: a user model learns one user's habits, and the more varied they are, the more a
+    never-seen value is forgiven (the loss spread it is measured against grows). The generic
+    model knows which values are new for *everyone* (a foreign country, an attacker's
+    browser), while a failure reason or a late evening are common across users; measured in
+    docs/scoring.md. None when ``rate`` is 0 (no check) or the user models are uncalibrated.
+    """
+    if rate <= 0 or population_model is None or "anomaly_score" not in results:
+        return None
+    checked = np.repeat(np.array([not g.generic for g in groups], dtype=bool), sizes)
+    opinion = population_model.score_columns(columns, rows[checked], alert_rate=rate, generic=True)
+    if "anomaly_score" not in opinion:
+        return None
+    n = len(checked)
+    pop_score = np.full(n, np.nan)
+    pop_threshold = np.full(n, np.nan)
+    pop_score[checked] = opinion["anomaly_score"]
+    pop_threshold[checked] = opinion["alert_threshold"]
+    own = np.asarray(results["anomaly_score"], dtype=np.float64)
+    both = np.isfinite(own) & np.isfinite(pop_score)
+    results["anomaly_score"] = np.where(both, np.fmax(own, pop_score), own)
+    results["population_score"] = pop_score
+    results["population_threshold"] = pop_threshold
+    return PopulationCheck(checked=checked, opinion=opinion, own_score=own, population_score=pop_score)
+
+
+def population_drivers(
+    rows: pd.DataFrame | dict[str, np.ndarray], opinion: dict[str, np.ndarray], schema: SourceSchema, top: int
+) -> pd.DataFrame:
+    """:func:`~dfp_ray.pipeline.post_processing.explain` of ``rows`` (their feature values)
+    with the generic model's z-scores and expectations ``opinion``; the explanation starts with
+    ``new for the population:``. One definition for the pipeline's frames and the per-request
+    scorer's arrays."""
+    from dfp_ray.pipeline.post_processing import Z_SUFFIX, explain
+
+    n = len(next(iter(opinion.values()))) if opinion else 0
+    features = [k[: -len(Z_SUFFIX)] for k in opinion if k.endswith(Z_SUFFIX)]
+    frame: dict[str, np.ndarray] = {f: np.asarray(rows[f]) for f in features if f in rows}
+    frame.update({k: v for k, v in opinion.items() if k.endswith((Z_SUFFIX, "_pred"))})
+    ex = explain(pd.DataFrame(frame, index=range(n)), schema, top)
+    ex["explanation"] = "new for the population: " + ex["explanation"].astype(str)
+    return ex

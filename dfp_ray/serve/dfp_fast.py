@@ -42,7 +42,13 @@ from dfp_ray.autoencoder import FeatureColumns
 from dfp_ray.config import DetectionConfig
 from dfp_ray.pipeline.data_prep import time_feature_values
 from dfp_ray.pipeline.filter_detections import detection_mask
-from dfp_ray.pipeline.inference import ScoringGroup, population_of
+from dfp_ray.pipeline.inference import (
+    ScoringGroup,
+    add_population_check,
+    population_drivers,
+    population_of,
+    population_rates,
+)
 from dfp_ray.pipeline.post_processing import explain, rule_values
 from dfp_ray.registry.names import GENERIC_SLOT
 from dfp_ray.schemas.mapping import _to_datetime
@@ -348,7 +354,8 @@ def supported_model(model: Any, schema: SourceSchema) -> bool:
 
 
 def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, counters: dict[str, list[int]],
-               resolve: Resolver, population: Any, generic_name: str, top_k: int) -> FastScored:
+               resolve: Resolver, population: Any, generic_name: str, top_k: int,
+               population_model: Any = None) -> FastScored:
     """Score mapped rows (counters already computed, one list per counter in row order) as
     :func:`~dfp_ray.pipeline.inference.score_users` scores the prepared frame of those rows."""
     from .dfp_scoring import top_features
@@ -397,13 +404,15 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
     values.update(binary)
     columns = FeatureColumns(rows=n, categorical=cats, numeric=numeric, binary=binary)
     pooled = population_of(groups, population)
-    per_group = [g.model.score_columns(columns, g.rows, alert_rate=det.alert_rate, population=pooled,
-                                       generic=g.generic) for g in groups]
+    own_rate, check_rate = population_rates(det, population_model, groups)
+    per_group = [g.model.score_columns(columns, g.rows, alert_rate=det.alert_rate if g.generic else own_rate,
+                                       population=pooled, generic=g.generic) for g in groups]
     sizes = [len(g.rows) for g in groups]
     names = list(dict.fromkeys(k for r in per_group for k in r))
     res = {k: np.concatenate([r[k] if k in r else np.full(s, np.nan) for r, s in zip(per_group, sizes, strict=True)])
            for k in names}
     take = np.concatenate([g.rows for g in groups])
+    check = add_population_check(res, columns, take, groups, sizes, population_model, check_rate)
     labels_out = np.repeat(np.array([g.label for g in groups], dtype=object), sizes)
     m = len(take)
     raw = res[det.score_column]
@@ -412,6 +421,8 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
                                     res.get("threshold_source") if calibrated else None,
                                     res.get("anomaly_score") if calibrated else None, det)
     res.update({"alert_threshold": thr, "threshold_source": src, "anomaly_score": anomaly})
+    if check is not None:
+        res["detected_by"] = check.detected_by(anomaly)
     scored: dict[str, Any] = {c: v[take] for c, v in values.items()}
     scored.update(res)
     detected = detection_mask(scored, det)
@@ -424,6 +435,12 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
             frame = pd.DataFrame({c: v[sel] for c, v in scored.items()
                                   if c.endswith((Z_SUFFIX, "_pred")) or c in values})
             ex = explain(frame, schema, det.explain_top)
+            if check is not None:  # the check's own detections: the generic model's drivers
+                only = np.flatnonzero(res["detected_by"][sel] == "population")
+                if len(only):
+                    by_pop = population_drivers(frame.iloc[only], check.opinion_at(sel[only]), schema, det.explain_top)
+                    for c in by_pop.columns:
+                        ex.loc[ex.index[only], c] = by_pop[c].to_numpy()
             text[sel] = ex["explanation"].to_numpy(dtype=object)
             for i in range(1, det.explain_top + 1):
                 for suffix in ("", "_value", "_expected", "_z"):
@@ -447,6 +464,9 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
         "threshold": thr, "score_column": np.full(m, det.score_column, dtype=object),
         "anomaly_score": anomaly, "threshold_source": src,
     }
+    if check is not None:
+        cols["population_score"] = res["population_score"]
+        cols["detected_by"] = res["detected_by"]
     if det.explain_top:
         cols["explanation"] = scored["explanation"]
     for c in schema.counters:

@@ -285,9 +285,25 @@ class SourceRuntime:
         except Exception as exc:  # noqa: BLE001
             log.warning("source %s: the registry at %s is not usable yet: %s", self.name, self.registry.registry_uri, exc)
 
+    def population_model(self) -> Any:
+        """The generic model for the population check (``detection.population_share``), as the
+        pipeline's user actors take it: None for the fixed rule, a share of 0, none registered,
+        or a registry that does not answer (then each user's own model gets the whole alert rate)."""
+        det = self.cfg.detection
+        if det.rule != "calibrated" or det.population_share <= 0:
+            return None
+        try:
+            found = self.cache.get(self.cfg.source, None)
+        except Exception as exc:  # noqa: BLE001 - a second opinion; scoring goes on without it
+            log.warning("source %s: no population check, the generic model is not loadable: %s", self.name, exc)
+            return None
+        return found[0] if found is not None else None
+
     def prefetch(self, users: list[str]) -> None:
         """One registry round trip for users whose cache entries are missing or due (ModelCache.prefetch)."""
         wanted: list[str | None] = [*users, None] if self.cfg.fallback_to_generic else list(users)
+        if None not in wanted and self.cfg.detection.population_share > 0:
+            wanted.append(None)  # the population check's generic model
         try:
             self.cache.prefetch(self.cfg.source, wanted)
         except Exception as exc:  # noqa: BLE001 - an optimisation; resolve() reports per user
@@ -323,7 +339,7 @@ class SourceRuntime:
             found = self.cache.population(self.cfg.source)
             population = found.calibration if found is not None else None
         scored, results = _quiet(score_users, fresh, s, resolver, detection=self.cfg.detection,
-                                 population=population)
+                                 population=population, population_model=self.population_model())
         detected = np.zeros(len(scored), dtype=bool)
         if len(scored):
             detections = filter_detections(scored, self.cfg.detection)
@@ -387,7 +403,7 @@ class SourceRuntime:
             found = self.cache.population(self.cfg.source)
             population = found.calibration if found is not None else None
         result = score_rows(s, self.cfg.detection, rows, counters, resolver, population, self.generic_name,
-                            self.service.top_features)
+                            self.service.top_features, population_model=self.population_model())
         cap = self.service.history_rows_per_user
         if cap:
             for u, (times, values) in parts.items():
@@ -421,7 +437,7 @@ class SourceRuntime:
                           else np.full(n, float(det.threshold))),
             "score_column": np.full(n, det.score_column, dtype=object),
         }
-        for extra in ("anomaly_score", "threshold_source", "explanation"):
+        for extra in ("anomaly_score", "threshold_source", "explanation", "population_score", "detected_by"):
             if extra in scored.columns:
                 cols[extra] = scored[extra].to_numpy()
         for c in s.counters:  # what the record's day looked like to data prep
@@ -573,10 +589,10 @@ def _scored_records(scored: dict[str, Any], n: int, out: list[dict[str, Any] | N
         for pos, eid, user, ts, model, own, mean, mx, det, thr, col, z, cnt, top
         in zip(*columns, zscores, counters, tops, strict=True)
     ]
-    for name in ("anomaly_score", "threshold_source", "explanation"):
+    for name in ("anomaly_score", "threshold_source", "explanation", "population_score", "detected_by"):
         if name in scored:
             for rec, value in zip(records, np.asarray(scored[name]).tolist(), strict=True):
-                rec[name] = value
+                rec[name] = None if value != value else value  # NaN (a row not checked): null
     for pos, rec in zip(columns[0], records, strict=True):
         out[pos] = rec
 

@@ -99,7 +99,8 @@ def score_set(
     qset: QualitySet, models: TrainedModels, frame: pd.DataFrame | None = None, detection=None
 ) -> pd.DataFrame:
     """Score ``frame`` (default: the set's inference rows) as the pipeline does: each user's
-    own model, else the generic model; every result column, calibration included."""
+    own model, else the generic model (which also gives the population check of the rows of user
+    models: ``detection.population_share``); every result column, calibration included."""
     from dfp_ray.pipeline.data_prep import prepare_features
     from dfp_ray.pipeline.inference import score_groups
 
@@ -113,7 +114,7 @@ def score_set(
         groups.append((models.users[user], f"DFP-{s.name}-{user}:1", own_positions[idx], False))
     if models.generic is not None and (~own).any():
         groups.append((models.generic, f"DFP-{s.name}-generic_user:1", np.flatnonzero(~own.to_numpy()), True))
-    return score_groups(prepared, s, groups, detection=detection)
+    return score_groups(prepared, s, groups, detection=detection, population_model=models.generic)
 
 
 # --------------------------------------------------------------------------- metrics
