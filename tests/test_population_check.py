@@ -95,3 +95,12 @@ def test_without_a_generic_model_or_with_the_fixed_rule_the_own_model_gets_the_w
     fixed = score_groups(part, schema(), groups, detection=DetectionConfig(rule="fixed"), population_model=generic)
     assert "population_score" not in fixed.columns
     assert (fixed["anomaly_score"] == fixed["mean_abs_z"] / 2.0).all()
+
+
+def test_a_generic_model_of_another_schema_is_no_check_and_no_crash():
+    own, _, part, groups = scenario()
+    other = DFPAutoencoder(["location", "reason"], ["logcount"], ["result"], AutoencoderParams(**SMALL))
+    other.fit(part.assign(reason="user_approved").drop(columns=["username", "timestamp"]))
+    scored = score_groups(part.iloc[:40], schema(), groups[:1], detection=DetectionConfig(), population_model=other)
+    assert len(scored) == 40 and "population_score" not in scored.columns
+    assert np.allclose(scored["alert_threshold"], own.threshold(0.003).value)

@@ -13,7 +13,8 @@ one set of arrays, so the output DataFrame is built once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +30,9 @@ from dfp_ray.registry import ModelRef
 from dfp_ray.registry.names import GENERIC_SLOT
 from dfp_ray.results import InferResult
 from dfp_ray.schemas import SourceSchema
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, ...]] = set()
 
 ModelResolver = Callable[[str], tuple[DFPAutoencoder, ModelRef]]
 """A user's name -> the model that scores the user and its registry reference; raises when none."""
@@ -132,13 +136,13 @@ def score_groups(
         return prepared.iloc[0:0]
     groups = [_group(g) for g in groups]
     pooled = population_of(groups, population)
-    models = [g.model for g in groups]
+    own_rate, check_rate = population_rates(detection, population_model, groups, prepared.columns)
+    models = [g.model for g in groups] + ([population_model] if check_rate and population_model is not None else [])
     columns = FeatureColumns.from_frame(  # every feature any of the models uses, decoded once
         prepared,
         *(list(dict.fromkeys(c for m in models for c in getattr(m, group))) for group in ("categorical", "numeric", "binary")),
     )
     sizes = [len(g.rows) for g in groups]
-    own_rate, check_rate = population_rates(detection, population_model, groups)
     per_group = [
         g.model.score_columns(columns, g.rows, alert_rate=detection.alert_rate if g.generic else own_rate,
                               population=pooled, generic=g.generic)
@@ -170,20 +174,30 @@ def score_groups(
 
 
 def population_rates(
-    detection: DetectionConfig, population_model: DFPAutoencoder | None, groups: list[ScoringGroup]
+    detection: DetectionConfig, population_model: DFPAutoencoder | None, groups: list[ScoringGroup],
+    available: Iterable[str],
 ) -> tuple[float, float]:
     """``(alert rate of the user models, alert rate of the population check)``.
 
     The check runs with the calibrated rule when a calibrated generic model is given and some
     rows are scored by a user's own model; the two then split ``alert_rate`` by
     ``population_share``, so an event flagged by either keeps the false-positive rate at about
-    ``alert_rate``. Otherwise the user models get all of it and the check's rate is 0.
+    ``alert_rate``. Otherwise the user models get all of it and the check's rate is 0; also when
+    the generic model needs a feature column not in ``available`` (a model of another schema:
+    logged, the rows are still scored by their own models).
     """
     share = detection.population_share
     if (
         detection.rule != "calibrated" or share <= 0 or population_model is None
         or getattr(population_model, "calibration", None) is None or all(g.generic for g in groups)
     ):
+        return detection.alert_rate, 0.0
+    lacking = sorted(set(population_model.feature_columns) - set(available))
+    if lacking:
+        if tuple(lacking) not in _WARNED:  # once per process and feature set, not once per batch
+            _WARNED.add(tuple(lacking))
+            log.warning("no population check: the generic model needs feature columns %s that the schema does "
+                        "not produce; retrain it (train_users=generic) with the current schema", lacking)
         return detection.alert_rate, 0.0
     return detection.alert_rate * (1.0 - share), detection.alert_rate * share
 

@@ -404,7 +404,7 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
     values.update(binary)
     columns = FeatureColumns(rows=n, categorical=cats, numeric=numeric, binary=binary)
     pooled = population_of(groups, population)
-    own_rate, check_rate = population_rates(det, population_model, groups)
+    own_rate, check_rate = population_rates(det, population_model, groups, _produced(schema))
     per_group = [g.model.score_columns(columns, g.rows, alert_rate=det.alert_rate if g.generic else own_rate,
                                        population=pooled, generic=g.generic) for g in groups]
     sizes = [len(g.rows) for g in groups]
