@@ -171,3 +171,31 @@ def test_the_pipeline_warm_starts_only_when_asked():
     assert _warm_from(PARAMS, old) is old
     assert _warm_from(AutoencoderParams(), old) is None
     assert AutoencoderParams().warm_start == "off"
+
+
+def test_the_controller_warm_starts_from_the_registered_version(tmp_path):
+    from pipeline_helpers import small_config
+
+    from dfp_ray.controllers.user import UserController
+    from dfp_ray.pipeline.file_to_df import load_files
+    from dfp_ray.schemas import load_schema, map_fields
+    from dfp_ray.tools.datagen import DatagenConfig, generate
+
+    data = tmp_path / "data"
+    generate(DatagenConfig(out=str(data), sources=["duo"], users=2, train_days=4, infer_days=1,
+                           events_per_user_per_day=8, seed=3))
+    schema = load_schema("duo")
+    files = sorted(str(p) for p in (data / "duo" / "training").glob("*.json"))
+    frame, _ = map_fields(load_files(files).frame, schema)
+    cfg = small_config(tmp_path / "run", **{"autoencoder.warm_start": "previous", "autoencoder.epochs": 12,
+                                            "autoencoder.warm_start_epochs": 3})
+    worker = UserController(cfg, schema, threads=1)
+    first = worker.train("someone", frame.iloc[: len(frame) * 3 // 4])
+    second = worker.train("someone", frame)
+    assert first.trained and second.trained and first.model_version != second.model_version
+    assert first.epochs_run > 3 >= second.epochs_run
+    tagged = worker.registry.version_with_tag(cfg.source, "someone", "warm_start_from", first.model_version)
+    assert tagged is not None and tagged.label == second.model_version
+    cold = UserController(small_config(tmp_path / "cold", **{"autoencoder.epochs": 12}), schema, threads=1)
+    cold.train("someone", frame.iloc[:10])
+    assert cold.train("someone", frame).epochs_run > 3  # warm start off (the default): cold
