@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("bench_serve_dfp.py", False),
     ("bench_kafka.py", False),
     ("bench_quality.py", False),
+    ("bench_retrain.py", False),
     ("bench_stream.py", False),
     ("bench_registry_db.py", False),
 ]

@@ -44,6 +44,7 @@ from .trainer import (
     torch_threads,
     train_network,
 )
+from .warm import incompatibility, warm_init
 
 log = logging.getLogger(__name__)
 _GLOBAL_RNG_LOCK = threading.Lock()
@@ -118,6 +119,8 @@ class _FitState:
     network: DFPNetwork
     generator: torch.Generator
     elapsed: float | None = None  # grouped fits: own set-up + share of the group's loop (None: wall time)
+    warm_started: bool = False
+    warm_start_reason: str | None = None
 
 
 class DFPAutoencoder:
@@ -245,6 +248,7 @@ class DFPAutoencoder:
         progress: bool = False,
         threads: Callable[[], int] | None = None,
         prior: DFPAutoencoder | None = None,
+        init_from: DFPAutoencoder | None = None,
     ) -> TrainingReport:
         """Train on ``df`` (rows already in time order); the last ``validation_fraction`` validate.
 
@@ -256,10 +260,12 @@ class DFPAutoencoder:
         statistics how many intra-op threads to use (``params.num_threads`` fixes the start);
         the caller's thread count is restored after. ``prior`` (optional, e.g. the generic
         model) lends its loss stds to features this model saw little variation of
-        (``params.prior_rows``).
+        (``params.prior_rows``). ``init_from`` (optional, the version this fit replaces): start
+        from its weights and train at most ``params.warm_start_epochs`` epochs (see warm.py);
+        a model it cannot start from gives a cold fit, the report says why.
         """
         with torch_threads(_fit_threads(self.params, threads)), contextlib.ExitStack() as global_rng:
-            state = self._begin_fit(df, global_rng)
+            state = self._begin_fit(df, global_rng, init_from)
             facts = train_network(
                 state.network, state.train, state.val, self.params, state.device, state.generator,
                 progress=progress, threads=threads,
@@ -268,7 +274,9 @@ class DFPAutoencoder:
                 set_threads(threads())
             return self._finish_fit(state, facts, prior)
 
-    def _begin_fit(self, df: pd.DataFrame, global_rng: contextlib.ExitStack) -> _FitState:
+    def _begin_fit(
+        self, df: pd.DataFrame, global_rng: contextlib.ExitStack, init_from: DFPAutoencoder | None = None
+    ) -> _FitState:
         """Everything before the training loop: split, vocabularies, encoding, initial weights."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"fit() needs a pandas DataFrame, got {type(df).__name__}")
@@ -307,6 +315,17 @@ class DFPAutoencoder:
             network = self._build_network(encoder).to(device)  # initial weights: global RNG
             if p.dropout:  # dropout draws from the global RNG in every step: keep it to the end
                 global_rng.enter_context(init_rng.pop_all())
+        warm_reason = None
+        if init_from is not None:
+            warm_reason = incompatibility(network, encoder, p.activation, init_from.network, init_from.encoder,
+                                          init_from.params.activation)
+            if warm_reason is None:
+                assert init_from.network is not None and init_from.encoder is not None
+                warm_init(network, encoder, init_from.network, init_from.encoder)
+                # the epochs this fit runs, stored with it (params)
+                p = self.params = p.model_copy(update={"epochs": min(p.epochs, p.warm_start_epochs)})
+            else:
+                log.info("warm start not possible (%s): cold fit", warm_reason)
         network.use_onednn = self._use_onednn(device)
         generator = torch.Generator(device=device)
         if p.seed is not None:
@@ -314,7 +333,8 @@ class DFPAutoencoder:
         else:
             generator.seed()
         return _FitState(started=started, n_rows=n_rows, n_val=n_val, device=device, encoder=encoder,
-                         train=train, val=val, network=network, generator=generator)
+                         train=train, val=val, network=network, generator=generator,
+                         warm_started=init_from is not None and warm_reason is None, warm_start_reason=warm_reason)
 
     def _finish_fit(self, state: _FitState, facts: dict, prior: DFPAutoencoder | None) -> TrainingReport:
         """Everything after the training loop: loss statistics, calibration, the report."""
@@ -355,6 +375,8 @@ class DFPAutoencoder:
             device=str(device),
             epoch_rows=rows_per_epoch(len(train), self.params),
             precision=self.params.precision,
+            warm_started=state.warm_started,
+            warm_start_reason=state.warm_start_reason,
         )
         return self.training_report
 
@@ -482,8 +504,10 @@ def fit_many(
     *,
     group_size: int = 32,
     threads: Callable[[], int] | None = None,
+    init_from: Sequence[DFPAutoencoder | None] | None = None,
 ) -> list[TrainingReport]:
-    """``models[i].fit(frames[i], prior=priors[i])`` for every i, small models trained in groups.
+    """``models[i].fit(frames[i], prior=priors[i], init_from=init_from[i])`` for every i, small
+    models trained in groups (a warm-started model's initial weights carry into its group).
 
     The result is each model's own fit (see :mod:`dfp_ray.autoencoder.batched`: same initial
     weights, random draws, schedule and stopping; equal up to floating-point summation order);
@@ -497,6 +521,9 @@ def fit_many(
     if len(models) != len(frames):
         raise ValueError(f"fit_many() needs one frame per model, got {len(models)} models and {len(frames)} frames")
     priors = list(priors) if priors is not None else [None] * len(models)
+    starts = list(init_from) if init_from is not None else [None] * len(models)
+    if len(starts) != len(models):
+        raise ValueError(f"fit_many() needs one init_from entry per model, got {len(starts)} for {len(models)}")
     reports: list[TrainingReport | None] = [None] * len(models)
     if not models:
         return []
@@ -507,10 +534,10 @@ def fit_many(
         groups: dict[tuple, list[int]] = {}
         for i, (model, frame) in enumerate(zip(models, frames, strict=True)):
             if model.requested_params.dropout:  # its own fit, global random stream and all
-                reports[i] = model.fit(frame, threads=threads, prior=priors[i])
+                reports[i] = model.fit(frame, threads=threads, prior=priors[i], init_from=starts[i])
                 continue
             with contextlib.ExitStack() as global_rng:
-                state = states[i] = model._begin_fit(frame, global_rng)
+                state = states[i] = model._begin_fit(frame, global_rng, starts[i])
             state.elapsed = time.perf_counter() - state.started
             if not can_group(model.params) or rows_per_epoch(len(state.train), model.params) < len(state.train):
                 # too wide to gain, or sampled epochs (large frames, which gain nothing): alone

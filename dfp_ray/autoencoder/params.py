@@ -126,6 +126,19 @@ class AutoencoderParams(BaseModel):
         "the cost of a model with very many rows (the generic model sees every user's rows) to "
         "epochs x this, whatever the number of users. None = every row every epoch (Morpheus).",
     )
+    warm_start: Literal["off", "previous"] = Field(
+        "off",
+        description="'previous': a new version of a model starts from the weights of the version it "
+        "replaces (the user's registered model) and trains at most warm_start_epochs epochs; layers of "
+        "equal shape are copied, categorical embedding and output rows by category value (new "
+        "categories keep their fresh initial rows), numeric input/output weights are re-expressed in the "
+        "new rows' scalers. A previous model with other features, widths or activation gives a cold fit "
+        "(the TrainingReport says why). Loss statistics and calibration are always recomputed. 'off' "
+        "(default): every fit starts from fresh initial weights (Morpheus).",
+    )
+    warm_start_epochs: int = Field(
+        8, ge=1, description="Maximum epochs of a warm-started fit (warm_start; min(epochs, this))."
+    )
     min_batches_per_epoch: int = Field(
         8,
         ge=1,

@@ -56,6 +56,12 @@ class TrainingReport(BaseModel):
     precision: str = Field(
         "fp32", description="Precision the layers ran in ('fp32' or 'bf16': params.precision 'auto' resolved)."
     )
+    warm_started: bool = Field(
+        False, description="True when the fit started from a previous model's weights (params.warm_start)."
+    )
+    warm_start_reason: str | None = Field(
+        None, description="Why a fit given a previous model started cold instead (None otherwise)."
+    )
 
 
 @dataclass

@@ -84,6 +84,7 @@ class _TrainJob:
     base: dict
     streaming: bool
     counts: dict[str, int] = field(default_factory=dict)
+    warm_from: str | None = None  # the registered version the fit was given to start from
 
 
 class UserController:
@@ -289,7 +290,7 @@ class UserController:
             with self._fit_lock:
                 self._fit_id = fit_id
                 try:
-                    fitted = self._fit(user, job.frame)
+                    fitted = self._fit(user, job.frame, job)
                 finally:
                     self._fit_id, self._finished_fit_id = None, fit_id
                     self._widen.pop(fit_id, None)  # type: ignore[arg-type]
@@ -375,6 +376,8 @@ class UserController:
             model, report, prepared = fitted
             registering = time.perf_counter()
             tags = {"data_type": job.data_type, **({WORK_TAG: job.work.tag} if job.work is not None else {})}
+            if report.warm_started and job.warm_from is not None:
+                tags["warm_start_from"] = job.warm_from
             ref = write_model(self.registry, source=self.cfg.source, user=user, model=model, report=report,
                               schema=self.schema, prepared=prepared, tags=tags)
             self.cache.put(self.cfg.source, user, model, ref)
@@ -426,7 +429,24 @@ class UserController:
         self._last_fit_threads = n
         return n
 
-    def _fit(self, user: str | None, frame: UserFrame):
+    def _previous(self, job: _TrainJob | None, user: str | None):
+        """The user's registered model to warm-start from (``autoencoder.warm_start``), or None:
+        warm start off, no version yet, or the registry could not give it (a cold fit then)."""
+        if self.cfg.autoencoder.warm_start != "previous":
+            return None
+        try:
+            found = self.cache.get(self.cfg.source, user)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the fit goes on cold
+            log.warning("warm start of %s: previous model unavailable (%s), cold fit", user_label(user), exc)
+            return None
+        if found is None:
+            return None
+        model, ref = found
+        if job is not None:
+            job.warm_from = ref.label
+        return model
+
+    def _fit(self, user: str | None, frame: UserFrame, job: _TrainJob | None = None):
         """Analyst verdicts, then the fit: ``(model, report, prepared rows)``, or the reason
         nothing was trained. Runs under the worker's fit lock.
 
@@ -437,12 +457,13 @@ class UserController:
         if isinstance(rows, str):
             return rows
         frame, extra = rows
-        return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads, extra_rows=extra)
+        return train_model(frame, self.schema, self.cfg.autoencoder, threads=self._fit_threads, extra_rows=extra,
+                           previous=self._previous(job, user))
 
     def _fit_many(self, jobs: Sequence[_TrainJob]) -> list:
         """:meth:`_fit` for a group of users, fitted together (see :meth:`train_group`)."""
         out: list = [None] * len(jobs)
-        todo: list[tuple[int, UserFrame, pd.DataFrame | None]] = []
+        todo: list[tuple[int, UserFrame, pd.DataFrame | None]] = []  # (job, rows, benign rows)
         for i, job in enumerate(jobs):
             rows = self._with_verdicts(job.user, job.frame)
             if isinstance(rows, str):
@@ -451,7 +472,8 @@ class UserController:
                 todo.append((i, *rows))
         if todo:
             fitted = train_models([f for _, f, _ in todo], self.schema, self.cfg.autoencoder,
-                                  threads=self._fit_threads, extra_rows=[e for _, _, e in todo])
+                                  threads=self._fit_threads, extra_rows=[e for _, _, e in todo],
+                                  previous=[self._previous(jobs[i], jobs[i].user) for i, _, _ in todo])
             for (i, _, _), result in zip(todo, fitted, strict=True):
                 out[i] = result
         return out

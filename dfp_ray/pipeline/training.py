@@ -31,6 +31,7 @@ def train_model(
     threads: int | Callable[[], int] | None = None,
     prior: DFPAutoencoder | None = None,
     extra_rows: PreparedFrame | None = None,
+    previous: DFPAutoencoder | None = None,
 ) -> tuple[DFPAutoencoder, TrainingReport, PreparedFrame]:
     """Data prep, then fit: ``(model, report, prepared rows)``.
 
@@ -42,10 +43,12 @@ def train_model(
     ``extra_rows``: rows already prepared (analyst-confirmed benign events, see
     :mod:`dfp_ray.labels`) placed before the time-ordered rows, so they are always in the
     training part of the split, never in its validation tail.
+    ``previous`` (optional): the version this model replaces; with ``params.warm_start``
+    'previous' the fit starts from its weights (see :mod:`dfp_ray.autoencoder.warm`).
     """
     prepared = _prepared(frame, schema, extra_rows)
     model = _new_model(schema, params)
-    report = model.fit(prepared, threads=threads, prior=prior)
+    report = model.fit(prepared, threads=threads, prior=prior, init_from=_warm_from(params, previous))
     return model, report, prepared
 
 
@@ -57,6 +60,7 @@ def train_models(
     threads: Callable[[], int] | None = None,
     extra_rows: Sequence[PreparedFrame | None] | None = None,
     prior: DFPAutoencoder | None = None,
+    previous: Sequence[DFPAutoencoder | None] | None = None,
 ) -> list[tuple[DFPAutoencoder, TrainingReport, PreparedFrame]]:
     """:func:`train_model` for many users at once: the same models, those with fewer than
     ``params.group_max_rows`` rows fitted ``params.group_size`` at a time as one stacked network
@@ -64,18 +68,24 @@ def train_models(
     from dfp_ray.autoencoder.dfp_autoencoder import fit_many
 
     extras = list(extra_rows) if extra_rows is not None else [None] * len(frames)
+    starts = [_warm_from(params, m) for m in (previous if previous is not None else [None] * len(frames))]
     prepared = [_prepared(f, schema, e) for f, e in zip(frames, extras, strict=True)]
     models = [_new_model(schema, params) for _ in frames]
     small = [i for i, f in enumerate(prepared) if len(f) < params.group_max_rows]
     reports: dict[int, TrainingReport] = {}
     if small:
         fitted = fit_many([models[i] for i in small], [prepared[i] for i in small], [prior] * len(small),
-                          group_size=params.group_size, threads=threads)
+                          group_size=params.group_size, threads=threads, init_from=[starts[i] for i in small])
         reports.update(zip(small, fitted, strict=True))
     for i, (model, frame) in enumerate(zip(models, prepared, strict=True)):
         if i not in reports:
-            reports[i] = model.fit(frame, threads=threads, prior=prior)
+            reports[i] = model.fit(frame, threads=threads, prior=prior, init_from=starts[i])
     return [(models[i], reports[i], prepared[i]) for i in range(len(models))]
+
+
+def _warm_from(params: AutoencoderParams, previous: DFPAutoencoder | None) -> DFPAutoencoder | None:
+    """The model a fit starts from: ``previous`` when ``params.warm_start`` asks for it."""
+    return previous if params.warm_start == "previous" else None
 
 
 def _prepared(frame: UserFrame, schema: SourceSchema, extra_rows: PreparedFrame | None) -> PreparedFrame:

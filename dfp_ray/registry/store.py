@@ -392,6 +392,7 @@ class ModelRegistry:
             last_event=last.isoformat(),
             row_count=str(report.rows),
             precision_used=report.precision,
+            warm_started=str(report.warm_started).lower(),
             train_rows=str(report.train_rows),
             val_rows=str(report.val_rows),
             schema=schema.name,
