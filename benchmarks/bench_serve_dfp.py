@@ -93,15 +93,19 @@ async def drive(call, records: Records, size: int, clients: int, seconds: float,
 
 def stage_profile(service, base: list[dict]) -> dict[str, dict[int, dict[str, float]]]:
     """CPU seconds per scoring call by stage, in-process (where the time goes), for the pandas
-    path (every step on frames) and the fast path (dfp_ray/serve/dfp_fast.py) side by side."""
+    path (every step on frames) and the fast path (dfp_ray/serve/dfp_fast.py) side by side, and
+    the fast path without the population check (``detection.population_share: 0``: what the
+    generic model's second opinion costs)."""
     from dfp_ray.serve.dfp_scorer import LocalScorer, model_id
     from dfp_ray.serve.dfp_scoring import result_records
 
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for path in ("pandas", "fast"):
+    for path in ("pandas", "fast", "fast, no check"):
         scorer = LocalScorer(service)
         rt = scorer.runtime("duo")
-        rt.use_fast = path == "fast"
+        rt.use_fast = path != "pandas"
+        if path == "fast, no check":
+            rt.cfg = rt.cfg.model_copy(update={"detection": rt.cfg.detection.model_copy(update={"population_share": 0.0})})
         recs = Records(base)
 
         async def slots(users, _scorer=scorer):
@@ -225,16 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         freeze_heap()  # as the replicas do when they start (see its docstring)
         profile = stage_profile(service, reg.inference_records)
         results["stage_cpu_ms"] = profile
-        print("\nwhere the time goes (in-process, CPU ms per scoring call; pandas path | fast path):")
-        print(f"  {'records':>8} {'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11} | "
-              f"{'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11}")
+        print("\nwhere the time goes (in-process, CPU ms per scoring call; pandas path | fast path | fast path "
+              "without the population check):")
+        print(f"  {'records':>8} " + " | ".join(f"{'map':>8} {'prep+inference':>15} {'answer':>8} {'per record':>11}"
+                                                  for _ in range(3)))
         for size in profile["pandas"]:
             cells = []
-            for path in ("pandas", "fast"):
+            for path in ("pandas", "fast", "fast, no check"):
                 st = profile[path][size]
                 cells.append(f"{st['map']:>8.1f} {st['prep+inference']:>15.1f} {st['answer']:>8.1f} "
                              f"{sum(st.values()) / size:>10.2f}")
-            print(f"  {size:>8} {cells[0]} | {cells[1]}", flush=True)
+            print(f"  {size:>8} " + " | ".join(cells), flush=True)
 
         port = free_port()
         app = start_apps(port, {"bench": (cfg, "/")})["bench"]
