@@ -221,8 +221,9 @@ class PopulationCheck:
         """Per row: ``model`` (the model in ``model_version`` flagged it), ``population`` (only
         the generic model's check did), ``model+population``, or ``""`` (no detection)."""
         detected = anomaly > 1.0
-        by_pop = np.nan_to_num(self.population_score, nan=0.0) > 1.0
-        by_own = ~(np.nan_to_num(self.own_score, nan=np.inf) <= 1.0)  # unscaled rows: the model's rule
+        # a row of an uncalibrated model took no part in the check (its detection is the fixed rule's)
+        by_pop = (np.nan_to_num(self.population_score, nan=0.0) > 1.0) & np.isfinite(self.own_score)
+        by_own = ~(np.nan_to_num(self.own_score, nan=np.inf) <= 1.0)
         return np.select([detected & by_pop & ~by_own, detected & by_pop & by_own, detected],
                          ["population", "model+population", "model"], "").astype(object)
 
