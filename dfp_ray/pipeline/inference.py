@@ -251,9 +251,17 @@ def add_population_check(
 ) -> PopulationCheck | None:
     """The population check, in place on ``results`` (result columns in output order: the
     groups' rows concatenated): the generic model scores every row of a user model at alert
-    rate ``rate``; ``population_score`` / ``population_threshold`` are its ``anomaly_score``
-    and threshold there (NaN on rows the generic model scored as their only model), and
-    ``anomaly_score`` becomes the larger of the two: a detection is an event either flags.
+    rate ``rate``; ``population_score`` / ``population_threshold`` are its gated score over
+    its threshold, and the threshold (NaN on rows the generic model scored as their only
+    model), and ``anomaly_score`` becomes the larger of the two: a detection is an event
+    either flags.
+
+    **Gated:** a feature counts for the check only where it is unusual for the user too (the
+    user model's z of it at least :data:`POPULATION_GATE_Z`); elsewhere its generic z is 0 in
+    the check's ``mean_abs_z``. So what is new for everyone but this user's habit (a second
+    home city, events an analyst marked benign and the user's model has since learnt) is not
+    flagged; the check only lowers the generic model's score, so its false-positive rate stays
+    under its share of the alert rate.
 
     Why: a user model learns one user's habits, and the more varied they are, the more a
     never-seen value is forgiven (the loss spread it is measured against grows). The generic
@@ -267,6 +275,7 @@ def add_population_check(
     opinion = population_model.score_columns(columns, rows[checked], alert_rate=rate, generic=True)
     if "anomaly_score" not in opinion:
         return None
+    opinion = _gated(opinion, results, checked)
     n = len(checked)
     pop_score = np.full(n, np.nan)
     pop_threshold = np.full(n, np.nan)
@@ -278,6 +287,34 @@ def add_population_check(
     results["population_score"] = pop_score
     results["population_threshold"] = pop_threshold
     return PopulationCheck(checked=checked, opinion=opinion, own_score=own, population_score=pop_score)
+
+
+POPULATION_GATE_Z = 1.0
+"""A generic-model feature z counts for the population check only where the user model's z of
+the same feature is at least this (one typical loss spread: unusual for the user as well)."""
+
+
+def _gated(opinion: dict[str, np.ndarray], results: dict[str, np.ndarray], checked: np.ndarray) -> dict[str, np.ndarray]:
+    """The generic model's columns with each feature's z set to 0 where the user's own model
+    finds that feature usual, and ``mean_abs_z`` / ``max_abs_z`` / ``anomaly_score`` recomputed
+    from the gated z (same threshold)."""
+    from dfp_ray.pipeline.post_processing import Z_SUFFIX
+
+    zcols = [k for k in opinion if k.endswith(Z_SUFFIX)]
+    if not zcols:
+        return opinion
+    out = dict(opinion)
+    for k in zcols:
+        own = results.get(k)
+        if own is None:  # the user models lack the feature: nothing says it is usual for the user
+            continue
+        out[k] = np.where(np.asarray(own, dtype=np.float64)[checked] >= POPULATION_GATE_Z, opinion[k], 0.0)
+    z = np.column_stack([out[k] for k in zcols])
+    out["mean_abs_z"] = z.mean(axis=1)
+    out["max_abs_z"] = z.max(axis=1)
+    threshold = np.asarray(opinion["alert_threshold"], dtype=np.float64)
+    out["anomaly_score"] = out["mean_abs_z"] / threshold
+    return out
 
 
 def population_drivers(
