@@ -75,8 +75,9 @@ class DetectionConfig(_Strict):
         "user with a model of their own is also scored by the source's generic model (trained on every "
         "user), which flags values new for everyone (a foreign country, an attacker's browser) that a user "
         "with varied habits' own model forgives. The own model flags alert_rate x (1 - population_share) of "
-        "its normal events, the generic model alert_rate x population_share; an event is a detection when "
-        "either flags it (detected_by says which). 0 = own model only (Morpheus). Needs a registered generic "
+        "its normal events, the generic model alert_rate x population_share, counting only features the "
+        "user's own model finds unusual too; an event is a detection when either flags it (detected_by says "
+        "which). 0 = own model only (Morpheus). Needs a registered generic "
         "model; without one the own model gets the whole alert_rate.",
     )
     threshold: float = Field(2.0, description="fixed rule: rows whose score column exceeds this are detections.")
