@@ -14,7 +14,8 @@ import pandas as pd
 
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder
 from dfp_ray.config import DetectionConfig
-from dfp_ray.pipeline.inference import POPULATION_GATE_Z, ScoringGroup, _gated, score_groups
+from dfp_ray.pipeline.inference import ScoringGroup, score_groups
+from dfp_ray.pipeline.population_check import POPULATION_GATE_Z, _gated
 
 SMALL = dict(encoder_layers=[16], decoder_layers=[16], epochs=6, seed=5, device="cpu")
 CITIES = ["Dublin", "Cork", "Galway"]

@@ -41,6 +41,7 @@ from dfp_ray.pipeline.frames import DetectionFrame, MappedFrame, ScoredFrame, Us
 from dfp_ray.pipeline.fsspec_loader import FileRef
 from dfp_ray.pipeline.inference import score_users
 from dfp_ray.pipeline.mlflow_model_writer import write_model
+from dfp_ray.pipeline.population_check import models_to_prefetch, population_check_model
 from dfp_ray.pipeline.rolling_window import RollingWindow, is_passthrough
 from dfp_ray.pipeline.split_users import filter_users, split_by_owner, split_by_user
 from dfp_ray.pipeline.training import too_few_rows, train_model, train_models
@@ -470,6 +471,11 @@ class UserController:
                 out[i] = rows
             else:
                 todo.append((i, *rows))
+        if todo and self.cfg.autoencoder.warm_start == "previous":
+            try:  # one registry round trip for every previous version, not one per user under the fit lock
+                self.cache.prefetch(self.cfg.source, [jobs[i].user for i, _, _ in todo])
+            except Exception as exc:  # noqa: BLE001 - an optimisation: _previous() reports per user
+                log.debug("previous-version prefetch failed: %s", exc)
         if todo:
             fitted = train_models([f for _, f, _ in todo], self.schema, self.cfg.autoencoder,
                                   threads=self._fit_threads, extra_rows=[e for _, _, e in todo],
@@ -506,21 +512,6 @@ class UserController:
         found = self.cache.population(self.cfg.source)
         return found.calibration if found is not None else None
 
-    def _population_model(self):
-        """The generic model for the population check (``detection.population_share``), or None:
-        the fixed rule, a share of 0, none registered, or the registry not answering (then the
-        user models get the whole alert rate; logged)."""
-        det = self.cfg.detection
-        if det.rule != "calibrated" or det.population_share <= 0:
-            return None
-        try:
-            found = self.cache.get(self.cfg.source, None)
-        except Exception as exc:  # noqa: BLE001 - a second opinion; scoring goes on without it
-            log.warning("source %s: no population check this call, the generic model is not loadable: %s",
-                        self.cfg.source, exc)
-            return None
-        return found[0] if found is not None else None
-
     def model_for(self, user: str):
         """The user's latest model, else the generic one; raises NoModelError with advice."""
         try:
@@ -551,18 +542,16 @@ class UserController:
         prepared = prepare_features(frame, s).reset_index(drop=True)
         users = list(prepared[s.user_column].astype(str).unique())
         self.users_seen.update(users)
-        wanted: list[str | None] = [*users, None] if self.cfg.fallback_to_generic else list(users)
-        if None not in wanted and self.cfg.detection.population_share > 0:
-            wanted.append(None)  # the population check's generic model
         try:
-            self.cache.prefetch(self.cfg.source, wanted)
+            self.cache.prefetch(self.cfg.source, models_to_prefetch(users, self.cfg))
         except Exception as exc:  # noqa: BLE001 - an optimisation: model_for() reports per user
             log.debug("model prefetch failed: %s", exc)
         self._lookup_failures = {}
         population = self._population()
         scored, results = score_users(prepared, s, self.model_for, worker=self.worker_index,
                                       detection=self.cfg.detection, population=population,
-                                      population_model=self._population_model())
+                                      population_model=population_check_model(self.cache, self.cfg.source,
+                                                                              self.cfg.detection))
         elapsed = time.perf_counter() - start
         for r in results:
             r.seconds = elapsed

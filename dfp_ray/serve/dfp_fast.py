@@ -42,13 +42,8 @@ from dfp_ray.autoencoder import FeatureColumns
 from dfp_ray.config import DetectionConfig
 from dfp_ray.pipeline.data_prep import time_feature_values
 from dfp_ray.pipeline.filter_detections import detection_mask
-from dfp_ray.pipeline.inference import (
-    ScoringGroup,
-    add_population_check,
-    population_drivers,
-    population_of,
-    population_rates,
-)
+from dfp_ray.pipeline.inference import ScoringGroup, population_of
+from dfp_ray.pipeline.population_check import add_population_check, population_drivers, population_rates
 from dfp_ray.pipeline.post_processing import explain, rule_values
 from dfp_ray.registry.names import GENERIC_SLOT
 from dfp_ray.schemas.mapping import _to_datetime

@@ -43,6 +43,7 @@ from dfp_ray.config import DFPConfig
 from dfp_ray.pipeline.data_prep import prepare_features
 from dfp_ray.pipeline.filter_detections import filter_detections
 from dfp_ray.pipeline.inference import score_users
+from dfp_ray.pipeline.population_check import models_to_prefetch, population_check_model
 from dfp_ray.registry import ModelCache, ModelRef, ModelRegistry
 from dfp_ray.registry.names import GENERIC_LABEL
 from dfp_ray.schemas import SourceSchema, load_schema
@@ -286,26 +287,13 @@ class SourceRuntime:
             log.warning("source %s: the registry at %s is not usable yet: %s", self.name, self.registry.registry_uri, exc)
 
     def population_model(self) -> Any:
-        """The generic model for the population check (``detection.population_share``), as the
-        pipeline's user actors take it: None for the fixed rule, a share of 0, none registered,
-        or a registry that does not answer (then each user's own model gets the whole alert rate)."""
-        det = self.cfg.detection
-        if det.rule != "calibrated" or det.population_share <= 0:
-            return None
-        try:
-            found = self.cache.get(self.cfg.source, None)
-        except Exception as exc:  # noqa: BLE001 - a second opinion; scoring goes on without it
-            log.warning("source %s: no population check, the generic model is not loadable: %s", self.name, exc)
-            return None
-        return found[0] if found is not None else None
+        """The generic model for the population check (see :func:`population_check_model`)."""
+        return population_check_model(self.cache, self.cfg.source, self.cfg.detection)
 
     def prefetch(self, users: list[str]) -> None:
         """One registry round trip for users whose cache entries are missing or due (ModelCache.prefetch)."""
-        wanted: list[str | None] = [*users, None] if self.cfg.fallback_to_generic else list(users)
-        if None not in wanted and self.cfg.detection.population_share > 0:
-            wanted.append(None)  # the population check's generic model
         try:
-            self.cache.prefetch(self.cfg.source, wanted)
+            self.cache.prefetch(self.cfg.source, models_to_prefetch(users, self.cfg))
         except Exception as exc:  # noqa: BLE001 - an optimisation; resolve() reports per user
             log.debug("model prefetch failed: %s", exc)
 
