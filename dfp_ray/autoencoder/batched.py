@@ -114,6 +114,13 @@ class _Stack:
                 mask[i, start + net.cardinalities[j] : start + cmax] = -math.inf
             start += cmax
         self.logit_mask = mask.unsqueeze(1)
+        # each member's input range (DFPNetwork.input_bounds), unbounded for members without one
+        bounds = torch.full((2, k, 1, self.n_dense), math.inf, device=device)
+        bounds[0] = -math.inf
+        for i, net in enumerate(nets):
+            if net.input_bounds is not None:
+                bounds[:, i, 0] = net.input_bounds.to(device)
+        self.input_bounds = bounds if any(net.input_bounds is not None for net in nets) else None
         self.row_base = [torch.arange(k, device=device).view(k, 1) * cmax for cmax in self.card_max]
 
     def views(self, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -176,6 +183,8 @@ class _Stack:
     def forward(self, codes: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """codes [k, b, n_cat], dense [k, b, n_dense] -> (numeric, binary, masked logits), each [k, b, .]."""
         views = self.views()
+        if self.input_bounds is not None and self.n_dense:
+            dense = torch.clamp(dense, self.input_bounds[0], self.input_bounds[1])
         parts = [dense] if self.n_dense else []
         for j in range(self.n_cat):
             table = views[j].reshape(-1, self.dim_max[j])

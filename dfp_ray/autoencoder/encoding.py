@@ -148,6 +148,8 @@ class FeatureEncoder:
     vocabularies: dict[str, list[str]]
     numeric_mean: dict[str, float]
     numeric_std: dict[str, float]
+    numeric_min: dict[str, float] = field(default_factory=dict)  # training range (original units);
+    numeric_max: dict[str, float] = field(default_factory=dict)  # empty for models saved before it
     _classes: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ fitting
@@ -186,16 +188,20 @@ class FeatureEncoder:
             vocabularies[column] = [str(v) for v in table["value"]]
         means: dict[str, float] = {}
         stds: dict[str, float] = {}
+        lows: dict[str, float] = {}
+        highs: dict[str, float] = {}
         for column in numeric:
             values = _numeric_values(df[column], column)
             finite = values[~np.isnan(values)]
             mean = float(finite.mean()) if finite.size else 0.0
             std = float(finite.std()) if finite.size else 1.0  # ddof 0, like dfencoder's scaler
             means[column] = mean
+            lows[column] = float(finite.min()) if finite.size else mean
+            highs[column] = float(finite.max()) if finite.size else mean
             floor = float((numeric_scale or {}).get(column, 0.0))
             std = std if std > 0.0 and math.isfinite(std) else (floor or 1.0)
             stds[column] = max(std, floor)
-        return cls(list(categorical), list(numeric), list(binary), vocabularies, means, stds)
+        return cls(list(categorical), list(numeric), list(binary), vocabularies, means, stds, lows, highs)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -255,6 +261,19 @@ class FeatureEncoder:
         std = np.array([self.numeric_std[c] for c in self.numeric], dtype=np.float64)
         return scaled.astype(np.float64) * std + mean
 
+    def input_bounds(self) -> torch.Tensor | None:
+        """[2, numeric + binary] lowest and highest scaled input the network saw in training
+        (binary columns unbounded); None for a model saved without its training range."""
+        if not self.numeric or any(c not in self.numeric_min or c not in self.numeric_max for c in self.numeric):
+            return None
+        bounds = torch.full((2, len(self.numeric) + len(self.binary)), math.inf, dtype=torch.float32)
+        bounds[0] = -math.inf
+        for j, c in enumerate(self.numeric):
+            mean, std = self.numeric_mean[c], self.numeric_std[c]
+            bounds[0, j] = (self.numeric_min[c] - mean) / std
+            bounds[1, j] = (self.numeric_max[c] - mean) / std
+        return bounds
+
     def category_labels(self, column: str) -> np.ndarray:
         """Object array of class labels for ``column``, index = class code (last = "other")."""
         return np.array(self.vocabularies[column] + [OTHER_LABEL], dtype=object)
@@ -268,6 +287,8 @@ class FeatureEncoder:
             "vocabularies": self.vocabularies,
             "numeric_mean": self.numeric_mean,
             "numeric_std": self.numeric_std,
+            "numeric_min": self.numeric_min,
+            "numeric_max": self.numeric_max,
         }
 
     @classmethod
@@ -279,4 +300,6 @@ class FeatureEncoder:
             vocabularies={k: [str(v) for v in vs] for k, vs in data["vocabularies"].items()},
             numeric_mean={k: float(v) for k, v in data["numeric_mean"].items()},
             numeric_std={k: float(v) for k, v in data["numeric_std"].items()},
+            numeric_min={k: float(v) for k, v in data.get("numeric_min", {}).items()},
+            numeric_max={k: float(v) for k, v in data.get("numeric_max", {}).items()},
         )

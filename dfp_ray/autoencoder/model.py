@@ -84,6 +84,9 @@ class DFPNetwork(nn.Module):
         self.offsets = offsets
         # Set by the owner: run fp32 CPU linear layers on oneDNN (see kernels.py). Not saved.
         self.use_onednn = False
+        # Set by the owner (clip_inputs): [2, n_numeric + n_binary] range of the scaled inputs seen in
+        # training; inputs are clamped to it, targets are not. Derived from the encoder, so not saved.
+        self.register_buffer("input_bounds", None, persistent=False)
 
     @property
     def n_features(self) -> int:
@@ -92,6 +95,8 @@ class DFPNetwork(nn.Module):
     def forward(
         self, codes: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.input_bounds is not None and dense.shape[1]:
+            dense = torch.clamp(dense, self.input_bounds[0], self.input_bounds[1])
         parts = [dense] if dense.shape[1] else []
         parts.extend(emb(codes[:, j]) for j, emb in enumerate(self.embeddings))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

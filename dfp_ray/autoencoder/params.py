@@ -1,9 +1,10 @@
 """Hyper-parameters of the DFP autoencoder.
 
-Defaults are Morpheus's DFP defaults except three, chosen by measurement on data sets other
+Defaults are Morpheus's DFP defaults except four, chosen by measurement on data sets other
 than our own generator (docs/scoring.md): ``optimizer`` (adam, not sgd), ``min_batches_per_epoch``
-(8, not 1) and ``loss_std_floor`` (0.1, not 0). ``optimizer="sgd", min_batches_per_epoch=1,
-loss_std_floor=0`` is the model Morpheus would train. Everything is configurable because
+(8, not 1), ``loss_std_floor`` (0.1, not 0) and ``clip_inputs`` (True: numeric inputs clamped to
+their training range). ``optimizer="sgd", min_batches_per_epoch=1, loss_std_floor=0,
+clip_inputs=False`` is the model Morpheus would train. Everything is configurable because
 per-user models differ wildly in size: a user with 300 events and the generic model with
 millions of rows should not be forced through the same knobs.
 """
@@ -62,6 +63,15 @@ class AutoencoderParams(BaseModel):
     )
     min_width_fraction: float = Field(
         0.125, gt=0.0, le=1.0, description="'rows' width rule: the smallest fraction of the widths a model gets."
+    )
+    clip_inputs: bool = Field(
+        True,
+        description="Clamp each numeric input to the range it had in the model's training rows before the "
+        "network sees it; the loss still compares the prediction with the real value. A value beyond "
+        "anything the user did (a 3 a.m. login of a 9-to-5 user) then cannot be copied through by the "
+        "network and scores as unusual as it is (docs/autoencoder.md, 'Inputs'). The training rows are "
+        "inside their own range, so training is unchanged; validation, calibration and scoring see the "
+        "clamp. False = Morpheus (the raw scaled value is the input).",
     )
     max_embedding_dim: int = Field(
         600,
