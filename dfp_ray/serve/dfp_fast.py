@@ -43,8 +43,12 @@ from dfp_ray.config import DetectionConfig
 from dfp_ray.pipeline.data_prep import time_feature_values
 from dfp_ray.pipeline.filter_detections import detection_mask
 from dfp_ray.pipeline.inference import ScoringGroup, population_of
-from dfp_ray.pipeline.population_check import add_population_check, population_drivers, population_rates
-from dfp_ray.pipeline.post_processing import explain, rule_values
+from dfp_ray.pipeline.population_check import (
+    add_population_check,
+    population_driver_columns,
+    population_rates,
+)
+from dfp_ray.pipeline.post_processing import explain_columns, rule_values
 from dfp_ray.registry.names import GENERIC_SLOT
 from dfp_ray.schemas.mapping import _to_datetime
 from dfp_ray.schemas.model import MISSING_CATEGORY, FieldSpec, SourceSchema
@@ -427,20 +431,22 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
         explained = anomaly > 1.0
         if explained.any():
             sel = np.flatnonzero(explained)
-            frame = pd.DataFrame({c: v[sel] for c, v in scored.items()
-                                  if c.endswith((Z_SUFFIX, "_pred")) or c in values})
-            ex = explain(frame, schema, det.explain_top)
+            # the explained rows as columns (the frame explain() would be given, without the frame)
+            frame = {c: v[sel] for c, v in scored.items() if c.endswith((Z_SUFFIX, "_pred")) or c in values}
+            ex = explain_columns(frame, len(sel), schema, det.explain_top)
             if check is not None:  # the check's own detections: the generic model's drivers
                 only = np.flatnonzero(res["detected_by"][sel] == "population")
                 if len(only):
-                    by_pop = population_drivers(frame.iloc[only], check.opinion_at(sel[only]), schema, det.explain_top)
-                    for c in by_pop.columns:
-                        ex.loc[ex.index[only], c] = by_pop[c].to_numpy()
-            text[sel] = ex["explanation"].to_numpy(dtype=object)
+                    by_pop = population_driver_columns({c: v[only] for c, v in frame.items()},
+                                                       check.opinion_at(sel[only]), schema, det.explain_top)
+                    for c, v in by_pop.items():
+                        ex[c] = ex[c].copy()
+                        ex[c][only] = v
+            text[sel] = ex["explanation"]
             for i in range(1, det.explain_top + 1):
                 for suffix in ("", "_value", "_expected", "_z"):
                     col = np.full(m, np.nan if suffix == "_z" else "", dtype=np.float64 if suffix == "_z" else object)
-                    col[sel] = ex[f"driver_{i}{suffix}"].to_numpy()
+                    col[sel] = ex[f"driver_{i}{suffix}"]
                     driver[f"driver_{i}{suffix}"] = col
         scored.update(driver)
         scored["explanation"] = text
