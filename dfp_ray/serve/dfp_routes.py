@@ -225,4 +225,6 @@ def register(app: FastAPI, state: AppState) -> None:
     if service.sources:
         for source in service.sources:  # the mapping side of each source (schema, pipeline config) now
             ingress.runtime(source)
+            if service.scorer.in_ingress and isinstance(backend, LocalBackend):  # and the scoring side
+                backend.scorer.runtime(source).warm_up()
         freeze_heap()
