@@ -18,7 +18,7 @@ Figures, side by side in one run (same machine, same records, same code):
 Targets on a 2-core machine: p50 < 20 ms single record, >= 20,000 records/s batched. Every
 loop is bounded (requests and seconds); repeats (``--repeats``) give ranges, because a shared
 machine moves single figures a lot. Run: ``python benchmarks/bench_serve_dfp.py [--repeats 2]
-[--seconds 4] [--users 8] [--json out.json]``.
+[--seconds 4] [--users 8] [--json out.json] [--in-ingress]``.
 """
 
 from __future__ import annotations
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=3000)
     p.add_argument("--users", type=int, default=8, help="users in the generated data (each gets a model)")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--in-ingress", action="store_true",
+                   help="deploy with dfp.scorer.in_ingress (the ingress scores itself: no scorer deployment)")
     args = p.parse_args(argv)
 
     import ray
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = app_config(root, "bench", {
             "deployment": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)}},
             "dfp": {"sources": {"duo": {"pipeline": {"state_dir": reg.cfg.state_dir}}}, "refresh_s": 30.0,
-                    "scorer": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)}}},
+                    "scorer": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)},
+                               "in_ingress": args.in_ingress}},
         })
         from dfp_ray.serve.config import resolved
 
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
     ray.shutdown()
 
-    print(f"\nper-user DFP scoring, {cpus} CPUs; ranges over {args.repeats} repeats "
+    print(f"\nper-user DFP scoring, {cpus} CPUs{', scored in the ingress' if args.in_ingress else ''}; ranges over "
+          f"{args.repeats} repeats "
           f"(load average at start {results['load_avg_start'][0]:.1f})")
     print(f"  {'request':>10} {'clients':>7} | {'HTTP p50 ms':>11} {'p99 ms':>9} {'req/s':>11} {'records/s':>13} | "
           f"{'library p50':>11} {'p99 ms':>9} {'req/s':>11} {'records/s':>13}")

@@ -173,8 +173,15 @@ def test_records_the_fast_mapper_does_not_take_go_the_pandas_way():
     assert mapper.map([ok]) is not None
     for bad in ({**ok, "timestamp": "not a time"}, {**ok, "user": {"name": 5}}, {**ok, "user": None},
                 {**ok, "access_device": {"browser": ["x"]}}, {**ok, "access_device": "text"},
-                {**ok, "result": 1}, {**ok, "username": "shadow"}, {**ok, "user.name": "dotted"}, 42):
+                {**ok, "result": 1}, {**ok, "username": "shadow"}, {**ok, "user.name": "dotted"}, 42,
+                {**ok, "access_device": {"location": {"a.b": 1}}}, {**ok, "access_device": {"location": "x"}},
+                {**ok, "application": {"name": {"x": 1}}}, {**ok, "user": {"name": "u", "x.y": 1}},
+                {**ok, "application": {}}):
         assert mapper.map([ok, bad]) is None, bad
+    # nulls (and absent objects) on a field's path are missing values, not refusals
+    for fine in ({**ok, "access_device": None}, {**ok, "access_device": {"location": None}}):
+        got = mapper.map([ok, fine])
+        assert got is not None and got.columns["location"] == [None, None], fine
 
 
 def test_the_fast_mapper_maps_as_map_fields():

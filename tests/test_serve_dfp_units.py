@@ -110,3 +110,17 @@ def test_counter_periods_start_where_data_prep_starts_them():
     assert period_starts(times, "D").dt.day.tolist() == [30, 31, 31]
     assert period_start(times.iloc[2], "h") == pd.Timestamp("2022-08-31T13:00:00Z")
     assert period_start(times.iloc[2], "W") == pd.Timestamp("2022-08-29T00:00:00Z")  # weeks start on Monday
+
+
+def test_in_ingress_scoring_binds_no_scorer_and_needs_one_ingress_replica():
+    from dfp_ray.serve.deployment import application
+
+    base = {"auth": {"token_env": None}, "fingerprint": {"key_env": None},
+            "dfp": {"sources": {"duo": {"pipeline": {"state_dir": "/tmp/unused-state"}}}}}
+    bound = application(load_serve_config(None, base))._bound_deployment.init_args
+    assert bound[1] is not None  # the scorer deployment, by default
+    base["dfp"]["scorer"] = {"in_ingress": True}
+    bound = application(load_serve_config(None, base))._bound_deployment.init_args
+    assert bound[1] is None  # the ingress scores itself (LocalBackend)
+    with pytest.raises(ValueError, match="num_replicas 1"):
+        application(load_serve_config(None, {**base, "deployment": {"num_replicas": 2}}))

@@ -178,6 +178,7 @@ class DFPAutoencoder:
         self.category_min_count = {c: int(v) for c, v in (category_min_count or {}).items() if c in categorical}
         # Held-out and in-sample score distributions (see calibration.py); None until fitted.
         self.calibration: Calibration | None = None
+        self._thresholds: dict[tuple, tuple] = {}  # threshold() memo (see there)
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -398,7 +399,18 @@ class DFPAutoencoder:
         it was estimated (see calibration.py); None for a model saved without a calibration.
         ``population``: the pooled held-out scores of the source's user models, which set the
         threshold of users with little history; ``generic``: this is the generic model."""
-        return threshold_for(self.calibration, alert_rate, population, generic=generic)
+        # memoised: the per-request scorer asks it per model per call (~0.25 ms of quantiles each);
+        # keyed by the calibration objects themselves (never mutated, only replaced)
+        memo = self.__dict__.setdefault("_thresholds", {})  # (also on a model unpickled from before it)
+        key = (id(self.calibration), id(population), alert_rate, generic)
+        hit = memo.get(key)
+        if hit is not None and hit[0] is self.calibration and hit[1] is population:
+            return hit[2]
+        found = threshold_for(self.calibration, alert_rate, population, generic=generic)
+        if len(memo) >= 16:
+            memo.clear()
+        memo[key] = (self.calibration, population, found)
+        return found
 
     def score(
         self,

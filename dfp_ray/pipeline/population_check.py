@@ -220,3 +220,19 @@ def population_drivers(
     ex = explain(pd.DataFrame(frame, index=range(n)), schema, top)
     ex["explanation"] = "new for the population: " + ex["explanation"].astype(str)
     return ex
+
+
+def population_driver_columns(
+    rows: dict[str, np.ndarray], opinion: dict[str, np.ndarray], schema: SourceSchema, top: int
+) -> dict[str, np.ndarray]:
+    """:func:`population_drivers` of rows given as columns (arrays), as arrays: the per-request
+    scorer's way (no frame built and read back; same drivers and texts)."""
+    from dfp_ray.pipeline.post_processing import Z_SUFFIX, explain_columns
+
+    n = len(next(iter(opinion.values()))) if opinion else 0
+    features = [k[: -len(Z_SUFFIX)] for k in opinion if k.endswith(Z_SUFFIX)]
+    frame: dict[str, np.ndarray] = {f: np.asarray(rows[f]) for f in features if f in rows}
+    frame.update({k: v for k, v in opinion.items() if k.endswith((Z_SUFFIX, "_pred"))})
+    ex = explain_columns(frame, n, schema, top)
+    ex["explanation"] = np.array(["new for the population: " + str(t) for t in ex["explanation"].tolist()], dtype=object)
+    return ex

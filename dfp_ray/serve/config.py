@@ -231,6 +231,10 @@ class DfpScorerDeployment(_Strict):
                               "model multiplexing (with 1, a request's users travel in one call)")
     max_ongoing_requests: int = Field(16, ge=1, description="scoring calls a scorer replica accepts at once")
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    in_ingress: bool = Field(
+        False, description="score in the ingress replica itself (no scorer deployment, no handle call per "
+        "request; users held in that replica's LRU of max_models_per_replica); needs deployment.num_replicas 1 "
+        "(a user's same-day history must live in one process). See docs/serve.md for when it pays")
 
 
 class DfpServiceConfig(_Strict):

@@ -61,11 +61,16 @@ def _actor_options(opts: Any) -> dict[str, Any]:
 def application(cfg: ServeConfig) -> Application:
     """The bound Serve application for ``cfg`` (secrets and DFP sources resolved here, where it is
     built). With DFP sources configured, the scorer deployment (per-user models, multiplexed)
-    is bound too and the ingress gets its handle."""
+    is bound too and the ingress gets its handle; with ``dfp.scorer.in_ingress`` the ingress
+    scores in its own process instead (no scorer deployment)."""
     d = cfg.deployment
     cfg = resolved(cfg)
     scorer = None
-    if cfg.dfp.sources:
+    if cfg.dfp.sources and cfg.dfp.scorer.in_ingress:  # the ingress scores itself (LocalBackend)
+        if d.num_replicas != 1:
+            raise ValueError(f"dfp.scorer.in_ingress needs deployment.num_replicas 1 (got {d.num_replicas}): each "
+                             "ingress replica would hold its own same-day history of a user")
+    elif cfg.dfp.sources:
         from .dfp_deployment import DfpScorer
 
         sd = cfg.dfp.scorer

@@ -43,8 +43,12 @@ from dfp_ray.config import DetectionConfig
 from dfp_ray.pipeline.data_prep import time_feature_values
 from dfp_ray.pipeline.filter_detections import detection_mask
 from dfp_ray.pipeline.inference import ScoringGroup, population_of
-from dfp_ray.pipeline.population_check import add_population_check, population_drivers, population_rates
-from dfp_ray.pipeline.post_processing import explain, rule_values
+from dfp_ray.pipeline.population_check import (
+    add_population_check,
+    population_driver_columns,
+    population_rates,
+)
+from dfp_ray.pipeline.post_processing import explain_columns, rule_values
 from dfp_ray.registry.names import GENERIC_SLOT
 from dfp_ray.schemas.mapping import _to_datetime
 from dfp_ray.schemas.model import MISSING_CATEGORY, FieldSpec, SourceSchema
@@ -95,6 +99,7 @@ class FastMapper:
         self._bools = {s.name: _BoolWords.of(s) for s in schema.fields if s.type == "bool"}
         # a record with a top-level key of a field's name: map_fields may read that column instead
         self._names = [s.name for s in schema.fields if s.path is not None and s.path != s.name]
+        self._compile_paths()
 
     @staticmethod
     def _unsupported(schema: SourceSchema) -> str | None:
@@ -121,55 +126,50 @@ class FastMapper:
         return [p.split(".") for p in paths]
 
     def map(self, records: Sequence[Any]) -> MappedRows | None:
+        """Column-wise: each record's leaves are read once (every object on a field's path
+        checked once per record, not once per field through it), then each field's rules run
+        over its whole column; any record it does not take gives None, as before."""
         if self.why_not is not None or not records:
             return None
         schema = self.schema
-        cols: dict[str, list[Any]] = {s.name: [] for s, _ in self._specs}
+        raw = self._leaves(records)
+        if raw is None:
+            return None
+        cols: dict[str, list[Any]] = {}
         times_raw: list[Any] = []
-        for rec in records:
-            if type(rec) is not dict or any("." in k for k in rec):
-                return None
-            for name in self._names:  # a column of that name would exist: map_fields may read it
-                if name in rec and rec[name] is not None and not (type(rec[name]) is dict and rec[name]):
+        for spec, leaf_ids in self._leaf_of:
+            if spec.join is not None:
+                parts = [self._texts(raw[j], spec) for j in leaf_ids]
+                if any(p is None for p in parts):
                     return None
-            for spec, paths in self._specs:
-                raws = []
-                for path in paths:
-                    v = _walk(rec, path)
-                    if v is _BAD:
-                        return None
-                    raws.append(v)
-                if spec.join is not None:
-                    parts = [_text(_without_missing(v, spec)) for v in raws]
-                    if any(p is _BAD for p in parts):
-                        return None
-                    joined = spec.separator.join(p for p in parts if p is not None)
-                    cols[spec.name].append(joined or None)
-                    continue
-                v = _without_missing(raws[0], spec)
-                if spec.type == "string":
-                    v = _text(v)
-                    if v is _BAD:
-                        return None
-                    if v is not None and spec.name in self._patterns:
-                        m = self._patterns[spec.name].search(v)
-                        if m is not None and m.group(1) is not None:
-                            v = m.group(1)
-                elif spec.type == "bool":
-                    v = self._bools[spec.name].read(v)
-                    if v is _BAD:
-                        return None
-                else:  # datetime: converted below, all at once, by the mapping's own function
-                    if not (v is None or type(v) is str or (type(v) is int and -_INT64 < v < _INT64)
-                            or (type(v) is float and math.isfinite(v))):
-                        return None
-                    if spec.name == schema.time_column:
-                        times_raw.append(v)
-                        continue
+                sep = spec.separator
+                cols[spec.name] = [sep.join([x for x in row if x is not None]) or None for row in zip(*parts, strict=True)]
+                continue
+            col = raw[leaf_ids[0]]
+            if spec.type == "string":
+                out = self._texts(col, spec)
+                if out is None:
+                    return None
+                pat = self._patterns.get(spec.name)
+                if pat is not None:
+                    out = [_with_pattern(pat, v) for v in out]
+            elif spec.type == "bool":
+                out = self._bools[spec.name].read_all(_without_missing_all(col, spec))
+                if out is None:
+                    return None
+            else:  # datetime: converted below, all at once, by the mapping's own function
+                col = _without_missing_all(col, spec)
+                if col is None or not all(v is None or type(v) is str or (type(v) is int and -_INT64 < v < _INT64)
+                                          or (type(v) is float and math.isfinite(v)) for v in col):
+                    return None
+                if spec.name != schema.time_column:
                     return None  # a second datetime field: the pandas path
-                if v is None and spec.required:
-                    return None
-                cols[spec.name].append(v)
+                times_raw = col
+                cols[spec.name] = []
+                continue
+            if spec.required and None in out:
+                return None
+            cols[spec.name] = out
         time_spec = next(s for s in schema.fields if s.name == schema.time_column)
         origin = pd.Timestamp(time_spec.time_origin) if time_spec.time_origin is not None else None
         if origin is not None and origin.tzinfo is None:
@@ -183,38 +183,88 @@ class FastMapper:
         del cols[schema.time_column]
         return MappedRows(list(range(len(records))), cols, parsed.dt.as_unit("ns").array.asi8.copy())
 
+    def _compile_paths(self) -> None:
+        """The fields' paths as a tree: objects to read (parents first) and leaves (per field)."""
+        nodes: dict[tuple[str, ...], int] = {(): 0}
+        self._nodes: list[tuple[int, str]] = []  # (parent node, key) of each object on a path, parents first
+        leaves: dict[tuple[int, str], int] = {}
+        self._leaf_of: list[tuple[FieldSpec, list[int]]] = []
+        for spec, paths in self._specs:
+            ids = []
+            for path in paths:
+                parent = 0
+                for depth in range(1, len(path)):
+                    key = tuple(path[:depth])
+                    if key not in nodes:
+                        nodes[key] = len(nodes)
+                        self._nodes.append((parent, path[depth - 1]))
+                    parent = nodes[key]
+                ids.append(leaves.setdefault((parent, path[-1]), len(leaves)))
+            self._leaf_of.append((spec, ids))
+        self._leaves_at = list(leaves)  # (node, key) of each leaf
+
+    def _leaves(self, records: Sequence[Any]) -> list[list[Any]] | None:
+        """Each leaf's values over the records (None where absent or under a null), or None when
+        a record is not a plain object: not a dict, dotted keys in it or in an object on a
+        field's path, an object on a path that is not one, a top-level key of a field's name."""
+        names = self._names
+        node_keys = self._nodes
+        leaf_keys = self._leaves_at
+        cols: list[list[Any]] = [[] for _ in leaf_keys]
+        appends = [c.append for c in cols]
+        for rec in records:
+            if type(rec) is not dict or "." in "".join(rec):
+                return None
+            for name in names:  # a column of that name would exist: map_fields may read it
+                v = rec.get(name)
+                if v is not None and not (type(v) is dict and v):
+                    return None
+            nodes = [rec]
+            for parent, key in node_keys:
+                up = nodes[parent]
+                v = None if up is None else up.get(key)
+                if v is not None and (type(v) is not dict or "." in "".join(v)):
+                    return None
+                nodes.append(v)
+            for (at, key), add in zip(leaf_keys, appends, strict=True):
+                up = nodes[at]
+                add(None if up is None else up.get(key))
+        for col in cols:
+            for v in col:
+                if isinstance(v, dict | list | tuple | set):
+                    return None
+        return cols
+
+    @staticmethod
+    def _texts(col: list[Any], spec: FieldSpec) -> list[Any] | None:
+        """A string field's values (text; None for missing or empty), or None for another type."""
+        col = _without_missing_all(col, spec)
+        if col is None or not all(v is None or type(v) is str for v in col):
+            return None
+        return [v or None for v in col]
+
+
+def _with_pattern(pat: re.Pattern, v: Any) -> Any:
+    if v is None:
+        return None
+    m = pat.search(v)
+    return m.group(1) if m is not None and m.group(1) is not None else v
+
+
+def _without_missing_all(col: list[Any], spec: FieldSpec) -> list[Any] | None:
+    """:func:`_without_missing` of a column (its values as read: containers were refused)."""
+    if not spec.missing_values:
+        return col
+    return [_without_missing(v, spec) for v in col]
+
 
 _BAD = object()
-
-
-def _walk(rec: dict, path: list[str]) -> Any:
-    """The value at a dotted path as the flattening sees it: None when absent or under a null;
-    _BAD when an intermediate is not an object or holds dotted keys (the pandas path decides)."""
-    node: Any = rec
-    for i, key in enumerate(path):
-        if node is None:
-            return None
-        if type(node) is not dict or (i and any("." in k for k in node)):
-            return _BAD
-        node = node.get(key)
-    if isinstance(node, dict | list | tuple | set):
-        return _BAD
-    return node
 
 
 def _without_missing(v: Any, spec: FieldSpec) -> Any:
     if v is None or not spec.missing_values:
         return v
     return None if str(v).strip() in {str(m) for m in spec.missing_values} else v
-
-
-def _text(v: Any) -> Any:
-    """A string field's value: text, None for missing or empty; _BAD for another type."""
-    if v is None:
-        return None
-    if type(v) is not str:
-        return _BAD
-    return v or None
 
 
 @dataclass(frozen=True)
@@ -231,6 +281,11 @@ class _BoolWords:
             return frozenset(v.lower() for v in values if isinstance(v, str))
 
         return cls(lowered(spec.true_values), lowered(spec.false_values), bool(spec.false_values))
+
+    def read_all(self, col: list[Any]) -> list[Any] | None:
+        """:meth:`read` of a column; None when a value is not text (or missing)."""
+        out = [self.read(v) for v in col]
+        return None if any(v is _BAD for v in out) else out
 
     def read(self, v: Any) -> Any:
         if v is None:
@@ -427,20 +482,22 @@ def score_rows(schema: SourceSchema, det: DetectionConfig, rows: MappedRows, cou
         explained = anomaly > 1.0
         if explained.any():
             sel = np.flatnonzero(explained)
-            frame = pd.DataFrame({c: v[sel] for c, v in scored.items()
-                                  if c.endswith((Z_SUFFIX, "_pred")) or c in values})
-            ex = explain(frame, schema, det.explain_top)
+            # the explained rows as columns (the frame explain() would be given, without the frame)
+            frame = {c: v[sel] for c, v in scored.items() if c.endswith((Z_SUFFIX, "_pred")) or c in values}
+            ex = explain_columns(frame, len(sel), schema, det.explain_top)
             if check is not None:  # the check's own detections: the generic model's drivers
                 only = np.flatnonzero(res["detected_by"][sel] == "population")
                 if len(only):
-                    by_pop = population_drivers(frame.iloc[only], check.opinion_at(sel[only]), schema, det.explain_top)
-                    for c in by_pop.columns:
-                        ex.loc[ex.index[only], c] = by_pop[c].to_numpy()
-            text[sel] = ex["explanation"].to_numpy(dtype=object)
+                    by_pop = population_driver_columns({c: v[only] for c, v in frame.items()},
+                                                       check.opinion_at(sel[only]), schema, det.explain_top)
+                    for c, v in by_pop.items():
+                        ex[c] = ex[c].copy()
+                        ex[c][only] = v
+            text[sel] = ex["explanation"]
             for i in range(1, det.explain_top + 1):
                 for suffix in ("", "_value", "_expected", "_z"):
                     col = np.full(m, np.nan if suffix == "_z" else "", dtype=np.float64 if suffix == "_z" else object)
-                    col[sel] = ex[f"driver_{i}{suffix}"].to_numpy()
+                    col[sel] = ex[f"driver_{i}{suffix}"]
                     driver[f"driver_{i}{suffix}"] = col
         scored.update(driver)
         scored["explanation"] = text

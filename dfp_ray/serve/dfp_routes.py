@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from .app import AppState
 from .dfp_ingress import DfpIngress, HandleBackend, LocalBackend, ScorerUnavailableError
 from .dfp_scorer import freeze_heap
+from .dfp_scoring import gc_paused
 from .errors import ApiError, ErrorBody
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 415, 422, 503)}
@@ -125,7 +126,8 @@ def _parse(body: bytes) -> Any:
     """The body as JSON: orjson, else Python's json (which also reads NaN, Infinity and integers
     beyond 64 bits, as Python writers emit them); neither: 400."""
     try:
-        return orjson.loads(body)
+        with gc_paused():  # a dict per record, no cycles: no collections while decoding (see gc_paused)
+            return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         first = exc
     try:
@@ -223,4 +225,6 @@ def register(app: FastAPI, state: AppState) -> None:
     if service.sources:
         for source in service.sources:  # the mapping side of each source (schema, pipeline config) now
             ingress.runtime(source)
+            if service.scorer.in_ingress and isinstance(backend, LocalBackend):  # and the scoring side
+                backend.scorer.runtime(source).warm_up()
         freeze_heap()
