@@ -387,6 +387,8 @@ def test_no_validation_and_tiny_frames():
 def test_morpheus_defaults_and_layer_sizes():
     p = AutoencoderParams()
     assert (p.encoder_layers, p.decoder_layers, p.activation, p.dropout) == ([512, 500], [512], "relu", None)
+    # ours: the widths are Morpheus's from 4096 training rows, down to a quarter for small users
+    assert (p.width_rule, p.width_full_rows, p.min_width_fraction) == ("rows", 4096, 0.25)
     assert (p.swap_probability, p.learning_rate, p.lr_decay, p.batch_size, p.epochs) == (
         0.2,
         0.001,

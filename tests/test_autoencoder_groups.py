@@ -82,12 +82,12 @@ def test_models_with_dropout_fit_alone_and_still_match():
 
 
 def test_width_rule_sizes_models_by_rows_and_the_widths_are_saved():
-    params = AutoencoderParams(epochs=1, device="cpu", width_rule="rows")  # Morpheus's widths from 4096 rows
+    params = AutoencoderParams(epochs=1, device="cpu")  # the default: Morpheus's widths from 4096 rows
     small = DFPAutoencoder(CATS, NUMS, BINS, params)
-    small.fit(frames()[0])  # 150 rows -> 135 training rows -> 1/8 of the widths
+    small.fit(frames()[0])  # 150 rows -> 135 training rows -> 1/32, at least min_width_fraction (1/4)
     widths = [m.out_features for m in small.network.modules() if isinstance(m, torch.nn.Linear)][:-1]
-    assert widths == [64, 62, 64]
-    assert (small.params.encoder_layers, small.params.decoder_layers) == ([64, 62], [64])
+    assert widths == [128, 125, 128]
+    assert (small.params.encoder_layers, small.params.decoder_layers) == ([128, 125], [128])
     with tempfile.TemporaryDirectory() as folder:
         small.save(folder)
         again = DFPAutoencoder.load(folder, device="cpu")
@@ -97,5 +97,6 @@ def test_width_rule_sizes_models_by_rows_and_the_widths_are_saved():
     big = pd.concat([frames(seed)[2] for seed in range(10)], ignore_index=True)  # 3010 rows
     small.fit(big)
     assert small.params.encoder_layers == [256, 250]
-    assert AutoencoderParams().widths_for(10) == ([512, 500], [512])  # the default is Morpheus's fixed widths
+    assert AutoencoderParams(width_rule="fixed").widths_for(10) == ([512, 500], [512])  # Morpheus's fixed widths
+    assert AutoencoderParams(min_width_fraction=0.125).widths_for(10) == ([64, 62], [64])
     assert AutoencoderParams(width_rule="rows", encoder_layers=[16], decoder_layers=[]).widths_for(10) == ([16], [])

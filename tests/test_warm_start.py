@@ -21,7 +21,7 @@ from dfp_ray.pipeline.training import _warm_from
 
 CATS, NUMS, BINS = ["app", "city"], ["count", "gap"], ["ok"]
 PARAMS = AutoencoderParams(encoder_layers=[32, 16], decoder_layers=[32], device="cpu", seed=3, precision="fp32",
-                           warm_start="previous", warm_start_epochs=6)
+                           warm_start="previous", warm_start_epochs=6, width_rule="fixed")  # widths as given
 
 
 def frame(n: int, apps: list[str], seed: int = 0) -> pd.DataFrame:

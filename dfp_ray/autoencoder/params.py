@@ -1,10 +1,11 @@
 """Hyper-parameters of the DFP autoencoder.
 
-Defaults are Morpheus's DFP defaults except four, chosen by measurement on data sets other
-than our own generator (docs/scoring.md): ``optimizer`` (adam, not sgd), ``min_batches_per_epoch``
-(8, not 1), ``loss_std_floor`` (0.1, not 0) and ``clip_inputs`` (True: numeric inputs clamped to
-their training range). ``optimizer="sgd", min_batches_per_epoch=1, loss_std_floor=0,
-clip_inputs=False`` is the model Morpheus would train. Everything is configurable because
+Defaults are Morpheus's DFP defaults except five, chosen by measurement on data sets other
+than our own generator (docs/scoring.md, docs/autoencoder.md): ``optimizer`` (adam, not sgd),
+``min_batches_per_epoch`` (8, not 1), ``loss_std_floor`` (0.1, not 0), ``clip_inputs`` (True:
+numeric inputs clamped to their training range) and ``width_rule`` ('rows': narrower layers for
+users with few rows). ``optimizer="sgd", min_batches_per_epoch=1, loss_std_floor=0,
+clip_inputs=False, width_rule="fixed"`` is the model Morpheus would train. Everything is configurable because
 per-user models differ wildly in size: a user with 300 events and the generic model with
 millions of rows should not be forced through the same knobs.
 """
@@ -48,21 +49,25 @@ class AutoencoderParams(BaseModel):
         description="Dropout probability after every hidden layer; None or 0 disables it (Morpheus: none).",
     )
     width_rule: Literal["fixed", "rows"] = Field(
-        "fixed",
-        description="How a model's hidden widths follow from its data. 'fixed' (default, Morpheus): "
-        "encoder_layers and decoder_layers as given, for every model. 'rows': those are the widths of a "
-        "model with at least width_full_rows training rows; a model with fewer rows gets them scaled by the "
-        "power of two at or below rows / width_full_rows, never below min_width_fraction nor below 32 "
-        "units (a 150-row user gets 1/8: 64-62-64 instead of 512-500-512), and small users then train in "
-        "groups (group_size): ~4x less training time, at a measured cost of 2-6 points of recall on the "
-        "habits quality sets (docs/autoencoder.md, 'Training cost'). The widths used are stored with the "
-        "model.",
+        "rows",
+        description="How a model's hidden widths follow from its data. 'rows' (default): encoder_layers and "
+        "decoder_layers are the widths of a model with at least width_full_rows training rows; a model with "
+        "fewer rows gets them scaled by the power of two at or below rows / width_full_rows, never below "
+        "min_width_fraction nor below 32 units (a 150-row user gets 1/4: 128-125-128 instead of "
+        "512-500-512), and such small users then train in groups (group_size): measured 3-6x less time per "
+        "user at the same detection quality within one or two events per set, with numeric inputs clamped "
+        "(clip_inputs; docs/autoencoder.md, 'Training cost'). 'fixed' (Morpheus): encoder_layers and "
+        "decoder_layers as given, for every model. The widths used are stored with the model.",
     )
     width_full_rows: int = Field(
         4096, ge=1, description="'rows' width rule: training rows from which a model gets the full widths."
     )
     min_width_fraction: float = Field(
-        0.125, gt=0.0, le=1.0, description="'rows' width rule: the smallest fraction of the widths a model gets."
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="'rows' width rule: the smallest fraction of the widths a model gets (1/4: at 1/8 a "
+        "150-row user's model is 64 units wide and measured a little less sensitive).",
     )
     clip_inputs: bool = Field(
         True,
@@ -271,11 +276,13 @@ class AutoencoderParams(BaseModel):
     def widths_for(self, rows: int) -> tuple[list[int], list[int]]:
         """(encoder, decoder) hidden widths of a model trained on ``rows`` rows (see ``width_rule``).
 
-        >>> AutoencoderParams(width_rule="rows").widths_for(150)
-        ([64, 62], [64])
-        >>> AutoencoderParams(width_rule="rows").widths_for(2500)
-        ([256, 250], [256])
         >>> AutoencoderParams().widths_for(150)
+        ([128, 125], [128])
+        >>> AutoencoderParams(min_width_fraction=0.125).widths_for(150)
+        ([64, 62], [64])
+        >>> AutoencoderParams().widths_for(2500)
+        ([256, 250], [256])
+        >>> AutoencoderParams(width_rule="fixed").widths_for(150)
         ([512, 500], [512])
         """
         if self.width_rule == "fixed" or rows >= self.width_full_rows:
