@@ -422,55 +422,69 @@ class ModelRegistry:
             # the version's files, before taking the store's lock: only MLmodel needs the ids
             model_dir = template.materialise(Path(tmp) / MODEL_NAME_IN_RUN, model)
             (model_dir / CURVES_ARTIFACT).write_text(curves)
-            with self._lock, self._write_lock(), self._globals():
+            # Two holds of the store's file lock, for the database writes; the artifact upload
+            # between them (files, and MLflow's reads of the logged model) runs outside it, so
+            # registrations of all processes queue behind the lock for database work only.
+            with self._lock, self._globals():
                 client = self.client
-                exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
-                self._ensure_registered_model(name, {"source": source, "user": user_label(user)})
-                run = client.create_run(
-                    exp_id,
-                    run_name=f"{name}@{last:%Y%m%dT%H%M%S}",
-                    tags={**common_tags, "registered_model": name,
-                          "mlflow.source.name": "dfp_ray", "mlflow.source.type": "JOB"},
-                )
-                run_id = run.info.run_id
-                try:
-                    now = int(time.time() * 1000)
-                    client.log_batch(
-                        run_id,
-                        params=[Param(k, v) for k, v in params.items()],
-                        metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
-                    )
-                    # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING, linked
-                    # to the run as its output, artifacts uploaded, then READY (FAILED on an error).
-                    logged = client.create_logged_model(
-                        exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
-                    )
+                with self._write_lock():
+                    exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
+                    self._ensure_registered_model(name, {"source": source, "user": user_label(user)})
+                    run = client.create_run(
+                        exp_id,
+                        run_name=f"{name}@{last:%Y%m%dT%H%M%S}",
+                        tags={**common_tags, "registered_model": name,
+                              "mlflow.source.name": "dfp_ray", "mlflow.source.type": "JOB"},
+                    )  # fmt: skip
+                    run_id = run.info.run_id
                     try:
+                        now = int(time.time() * 1000)
+                        client.log_batch(
+                            run_id,
+                            params=[Param(k, v) for k, v in params.items()],
+                            metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
+                        )
+                        # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING,
+                        # linked to the run as its output, artifacts uploaded, then READY (FAILED
+                        # on an error).
+                        logged = client.create_logged_model(
+                            exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
+                        )
                         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-                        template.write_mlmodel(
-                            model_dir, model_id=logged.model_id, run_id=run_id,
-                            artifact_path=logged.artifact_location, signature=signature,
-                        )  # fmt: skip
-                        client.log_model_artifacts(logged.model_id, str(model_dir))
                     except BaseException:
                         with contextlib.suppress(Exception):
-                            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                            client.set_terminated(run_id, "FAILED")
                         raise
-                    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-                    version = client.create_model_version(
-                        name,
-                        source=f"models:/{logged.model_id}",
-                        run_id=run_id,
-                        tags=version_tags,
-                        model_id=logged.model_id,
-                        description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
-                        await_creation_for=60,
-                    )
+                try:
+                    template.write_mlmodel(
+                        model_dir, model_id=logged.model_id, run_id=run_id,
+                        artifact_path=logged.artifact_location, signature=signature,
+                    )  # fmt: skip
+                    client.log_model_artifacts(logged.model_id, str(model_dir))
                 except BaseException:
-                    with contextlib.suppress(Exception):
-                        client.set_terminated(run_id, "FAILED")
+                    with self._write_lock():
+                        with contextlib.suppress(Exception):
+                            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                        with contextlib.suppress(Exception):
+                            client.set_terminated(run_id, "FAILED")
                     raise
-                client.set_terminated(run_id, "FINISHED")  # a run left RUNNING looks like a crash
+                with self._write_lock():
+                    try:
+                        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+                        version = client.create_model_version(
+                            name,
+                            source=f"models:/{logged.model_id}",
+                            run_id=run_id,
+                            tags=version_tags,
+                            model_id=logged.model_id,
+                            description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
+                            await_creation_for=60,
+                        )
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            client.set_terminated(run_id, "FAILED")
+                        raise
+                    client.set_terminated(run_id, "FINISHED")  # a run left RUNNING looks like a crash
         ref = ModelRef(name=name, version=str(version.version), run_id=run_id)
         log.info("registered %s in %.2f s", ref.label, time.perf_counter() - started)
         return ref
