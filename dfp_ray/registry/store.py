@@ -336,9 +336,9 @@ class ModelRegistry:
         """Log ``model`` as a new version of ``DFP-{source}-{user}``; returns its :class:`ModelRef`.
 
         One MLflow run per registration (experiment ``dfp/{source}/training/{model}``) with the
-        hyper-parameters, event-time range and row counts as params, the final per-feature
-        train/validation losses (and the epoch curves, as stepped metrics) as metrics, and the
-        model as a pickle-free pyfunc. ``input_example``: a few raw rows of this user (optional;
+        hyper-parameters, event-time range and row counts as params, the final and per-feature
+        train/validation losses as metrics, and the model as a pickle-free pyfunc with the
+        epoch curves beside it (``training_curves.json``, see :meth:`training_curves`). ``input_example``: a few raw rows of this user (optional;
         without it an example is synthesised from the schema) used for the signature.
         """
         try:
