@@ -491,9 +491,10 @@ def _journal_mode(db: Path) -> str:
 
 def test_embedded_store_is_wal_with_synchronous_normal(registry, state_dir):
     assert _journal_mode(state_dir / "mlflow.db") == "wal"
-    engine = registry.client._tracking_client.store.engine  # MLflow internals: tells us if they move
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    client = registry.client  # MLflow internals: this tells us if they move
+    for engine in (client._tracking_client.store.engine, client._get_registry_client().store.engine):
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
 _CHILD_REGISTRIES: dict[str, ModelRegistry] = {}
@@ -530,3 +531,27 @@ def test_a_rollback_journal_store_opens_and_becomes_wal(tmp_path, model_a):
     assert _journal_mode(tmp_path / "mlflow.db") == "wal"
     assert register(new, "pre.wal", model_a).version == "2"
     assert old.latest("duo", "pre.wal").version == "2"  # the older process's connections too
+
+
+def test_a_failed_artifact_upload_leaves_no_version_and_a_failed_run(registry, model_a, monkeypatch):
+    """The upload runs outside the store's file lock; its failure still marks run and model FAILED."""
+    from mlflow.entities import LoggedModelStatus
+
+    from dfp_ray.registry import RegistryError
+
+    client = registry.client
+
+    def broken_upload(model_id, local_dir):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(client, "log_model_artifacts", broken_upload)
+    with pytest.raises(RegistryError, match="disk full"):
+        register(registry, "upload.fails", model_a)
+    monkeypatch.undo()
+    assert registry.latest("duo", "upload.fails") is None
+    exp = client.get_experiment_by_name(f"dfp/duo/training/{registered_model_name('duo', 'upload.fails')}")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    (logged,) = client.search_logged_models([exp.experiment_id])
+    assert logged.status == LoggedModelStatus.FAILED
+    assert register(registry, "upload.fails", model_a).version == "1"  # and the next try registers
