@@ -522,8 +522,8 @@ def test_a_second_process_sees_versions_registered_into_the_wal_store(registry, 
 
 def test_a_rollback_journal_store_opens_and_becomes_wal(tmp_path, model_a):
     """A store written before WAL (or with sqlite_wal=False) keeps its versions when opened."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    old = ModelRegistry(uri, sqlite_wal=False)
+    old = ModelRegistry.from_config(DFPConfig(state_dir=str(tmp_path), mlflow={"sqlite_wal": False}))
+    uri = old.tracking_uri
     ref = register(old, "pre.wal", model_a)
     assert _journal_mode(tmp_path / "mlflow.db") == "delete"
     new = ModelRegistry(uri)

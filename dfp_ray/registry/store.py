@@ -180,6 +180,7 @@ class ModelRegistry:
             artifact_location=artifacts,
             name_template=cfg.mlflow.model_name_template,
             experiment_template=cfg.mlflow.experiment_template,
+            sqlite_wal=cfg.mlflow.sqlite_wal,
         )
 
     def __repr__(self) -> str:
