@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("bench_retrain.py", False),
     ("bench_stream.py", False),
     ("bench_registry_db.py", False),
+    ("bench_register.py", False),
 ]
 
 

@@ -47,6 +47,11 @@ class MLflowConfig(_Strict):
     refresh_seconds: float = Field(
         30.0, ge=0, description="How often a cached model checks the registry for a newer version."
     )
+    sqlite_wal: bool = Field(
+        True,
+        description="Embedded sqlite store: WAL mode with synchronous=NORMAL (docs/registry.md, Concurrency). "
+        "false keeps the file's journal mode: for a store on NFS or another network file system.",
+    )
 
 
 class DetectionConfig(_Strict):

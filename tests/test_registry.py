@@ -9,8 +9,10 @@ several processes into one sqlite file at once.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -210,8 +212,15 @@ def test_run_logs_params_metrics_and_tags(registry, model_a):
         assert metrics[f"val_loss/{feature}"] == pytest.approx(report.val_feature_loss[feature])
     assert metrics["train_loss"] == pytest.approx(report.train_loss[-1])
     assert metrics["val_loss"] == pytest.approx(report.val_loss[-1])
-    curve = client.get_metric_history(ref.run_id, "epoch_train_loss")
-    assert [m.step for m in curve] == list(range(1, report.epochs_run + 1))
+    # the epoch curves are one JSON file in the version's model directory, not stepped metrics
+    assert not any(k.startswith("epoch_") for k in metrics)
+    curves_file = next(p for p in artifact_files(registry, ref) if p.name == "training_curves.json")
+    curves = json.loads(curves_file.read_text())
+    assert curves["epoch"] == list(range(1, report.epochs_run + 1))
+    assert curves["train_loss"] == pytest.approx(report.train_loss)
+    assert curves["val_loss"] == pytest.approx(report.val_loss)
+    assert curves["best_epoch"] == report.best_epoch and curves["best_val_loss"] == pytest.approx(report.best_val_loss)
+    assert registry.training_curves(ref) == curves
     assert tags["user"] == "logcheck" and tags["source"] == "duo" and tags["team"] == "soc"
     assert tags["registered_model"] == ref.name and tags["dfp_ray_version"]
     assert client.get_experiment(run.info.experiment_id).name == f"dfp/duo/training/{ref.name}"
@@ -459,3 +468,90 @@ def test_a_user_named_like_the_generic_model_cannot_replace_it(registry, state_d
     assert ref == generic  # a user without a model falls back to the generic one, not the impostor
     _, ref = controller.model_for("generic_user")
     assert ref == impostor
+
+
+def test_training_curves_of_versions_registered_before_the_curves_file(registry, model_a):
+    """Versions written before training_curves.json held the curves as stepped metrics."""
+    from mlflow.entities import Metric
+
+    ref = register(registry, "old.curves", model_a)
+    next(p for p in artifact_files(registry, ref) if p.name == "training_curves.json").unlink()
+    assert registry.training_curves(ref) is None
+    registry.client.log_batch(ref.run_id, metrics=[Metric("epoch_train_loss", v, 0, i) for i, v in
+                                                   enumerate([0.9, 0.5, 0.4], start=1)])
+    curves = registry.training_curves(ref)
+    assert curves["epoch"] == [1, 2, 3] and curves["train_loss"] == pytest.approx([0.9, 0.5, 0.4])
+
+
+# ----------------------------------------------------------------------------------- sqlite journal
+def _journal_mode(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_embedded_store_is_wal_with_synchronous_normal(registry, state_dir):
+    assert _journal_mode(state_dir / "mlflow.db") == "wal"
+    client = registry.client  # MLflow internals: this tells us if they move
+    for engine in (client._tracking_client.store.engine, client._get_registry_client().store.engine):
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+_CHILD_REGISTRIES: dict[str, ModelRegistry] = {}
+
+
+def _latest_in_child(db_uri: str, artifacts: str, user: str) -> str | None:
+    """Runs in a spawned process that keeps its registry (and pooled connections) between calls."""
+    reg = _CHILD_REGISTRIES.setdefault(db_uri, ModelRegistry(db_uri, artifact_location=artifacts))
+    ref = reg.latest("duo", user)
+    if ref is not None:
+        reg.load(ref, device="cpu")
+    return None if ref is None else ref.version
+
+
+def test_a_second_process_sees_versions_registered_into_the_wal_store(registry, model_a, model_b):
+    """A long-lived reader in another process (a user actor's cache) sees each new version."""
+    db_uri, artifacts = registry.tracking_uri, registry.artifact_location
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_latest_in_child, (db_uri, artifacts, "wal.reader")) is None
+        register(registry, "wal.reader", model_a)
+        assert pool.apply(_latest_in_child, (db_uri, artifacts, "wal.reader")) == "1"
+        register(registry, "wal.reader", model_b)
+        assert pool.apply(_latest_in_child, (db_uri, artifacts, "wal.reader")) == "2"
+
+
+def test_a_rollback_journal_store_opens_and_becomes_wal(tmp_path, model_a):
+    """A store written before WAL (or with sqlite_wal=False) keeps its versions when opened."""
+    old = ModelRegistry.from_config(DFPConfig(state_dir=str(tmp_path), mlflow={"sqlite_wal": False}))
+    uri = old.tracking_uri
+    ref = register(old, "pre.wal", model_a)
+    assert _journal_mode(tmp_path / "mlflow.db") == "delete"
+    new = ModelRegistry(uri)
+    assert new.latest("duo", "pre.wal") == ref
+    assert _journal_mode(tmp_path / "mlflow.db") == "wal"
+    assert register(new, "pre.wal", model_a).version == "2"
+    assert old.latest("duo", "pre.wal").version == "2"  # the older process's connections too
+
+
+def test_a_failed_artifact_upload_leaves_no_version_and_a_failed_run(registry, model_a, monkeypatch):
+    """The upload runs outside the store's file lock; its failure still marks run and model FAILED."""
+    from mlflow.entities import LoggedModelStatus
+
+    from dfp_ray.registry import RegistryError
+
+    client = registry.client
+
+    def broken_upload(model_id, local_dir):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(client, "log_model_artifacts", broken_upload)
+    with pytest.raises(RegistryError, match="disk full"):
+        register(registry, "upload.fails", model_a)
+    monkeypatch.undo()
+    assert registry.latest("duo", "upload.fails") is None
+    exp = client.get_experiment_by_name(f"dfp/duo/training/{registered_model_name('duo', 'upload.fails')}")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    (logged,) = client.search_logged_models([exp.experiment_id])
+    assert logged.status == LoggedModelStatus.FAILED
+    assert register(registry, "upload.fails", model_a).version == "1"  # and the next try registers

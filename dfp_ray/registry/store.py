@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import re
 import tempfile
@@ -38,6 +39,8 @@ from dfp_ray.registry.mlflow_env import (
     normalise_uri,
     quiet_mlflow,
     sqlite_path,
+    tune_sqlite_engines,
+    use_wal,
 )
 from dfp_ray.registry.names import (
     DEFAULT_EXPERIMENT_TEMPLATE,
@@ -60,6 +63,7 @@ PYFUNC_CODE_PATH = Path(__file__).with_name("pyfunc.py")
 MODEL_ARTIFACT = "model_dir"  # pyfunc artifact names (context.artifacts[...])
 SCHEMA_ARTIFACT = "schema"
 MODEL_NAME_IN_RUN = "model"  # the logged model's name inside its run
+CURVES_ARTIFACT = "training_curves.json"  # per-epoch losses, in the version's model directory
 
 T = TypeVar("T")
 
@@ -109,7 +113,9 @@ class ModelRegistry:
     :class:`~dfp_ray.config.DFPConfig`), ``http://host:5000`` (a tracking server),
     ``databricks``. ``artifact_location`` is the artifact root for the experiments it
     creates; for sqlite it defaults to ``mlartifacts/`` next to the database file, for a
-    server to the server's own artifact store. Create one registry per process (after any
+    server to the server's own artifact store. ``sqlite_wal``: put a sqlite store in WAL mode
+    with ``synchronous=NORMAL`` (docs/registry.md, "Concurrency"); ``False`` leaves the file's
+    journal mode as it is (a store on a network file system, where WAL does not work). Create one registry per process (after any
     fork): it holds database connections. Methods are thread-safe.
     """
 
@@ -121,6 +127,7 @@ class ModelRegistry:
         artifact_location: str | None = None,
         name_template: str = DEFAULT_NAME_TEMPLATE,
         experiment_template: str = DEFAULT_EXPERIMENT_TEMPLATE,
+        sqlite_wal: bool = True,
     ) -> None:
         if not tracking_uri:
             raise ValueError(
@@ -145,6 +152,7 @@ class ModelRegistry:
         self.artifact_location = artifact_location.rstrip("/") if artifact_location else None
         self.name_template = name_template
         self.experiment_template = experiment_template
+        self.sqlite_wal = sqlite_wal
         self._lock = threading.RLock()
         self._client: Any = None
         self._experiments: dict[str, str] = {}
@@ -172,6 +180,7 @@ class ModelRegistry:
             artifact_location=artifacts,
             name_template=cfg.mlflow.model_name_template,
             experiment_template=cfg.mlflow.experiment_template,
+            sqlite_wal=cfg.mlflow.sqlite_wal,
         )
 
     def __repr__(self) -> str:
@@ -200,8 +209,14 @@ class ModelRegistry:
         try:
             # the first use of a new sqlite file creates its tables: one process at a time
             with file_lock(self._lock_path):
+                for uri in dict.fromkeys((self.tracking_uri, self.registry_uri)):
+                    db = sqlite_path(uri)
+                    if db is not None and self.sqlite_wal:
+                        use_wal(db)  # before MLflow's first connection (creates the file when new)
                 client.search_experiments(max_results=1)
                 client.search_registered_models(max_results=1)
+            if self.sqlite_wal:
+                tune_sqlite_engines(client)
         except Exception as exc:
             raise RegistryUnavailableError(
                 f"cannot open the MLflow store at {self.tracking_uri} (registry {self.registry_uri}): {exc}. "
@@ -322,9 +337,9 @@ class ModelRegistry:
         """Log ``model`` as a new version of ``DFP-{source}-{user}``; returns its :class:`ModelRef`.
 
         One MLflow run per registration (experiment ``dfp/{source}/training/{model}``) with the
-        hyper-parameters, event-time range and row counts as params, the final per-feature
-        train/validation losses (and the epoch curves, as stepped metrics) as metrics, and the
-        model as a pickle-free pyfunc. ``input_example``: a few raw rows of this user (optional;
+        hyper-parameters, event-time range and row counts as params, the final and per-feature
+        train/validation losses as metrics, and the model as a pickle-free pyfunc with the
+        epoch curves beside it (``training_curves.json``, see :meth:`training_curves`). ``input_example``: a few raw rows of this user (optional;
         without it an example is synthesised from the schema) used for the signature.
         """
         try:
@@ -354,7 +369,6 @@ class ModelRegistry:
         input_example: pd.DataFrame | list[dict] | None,
     ) -> ModelRef:
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
-        from mlflow.entities import RunTag as Tag
 
         started = time.perf_counter()
         name = self.model_name(source, user)
@@ -402,60 +416,76 @@ class ModelRegistry:
             binary_features=",".join(model.binary),
         )
         metrics = _training_metrics(report)
+        curves = json.dumps(_training_curves(report), separators=(",", ":"))
 
         template = self._template(schema, signature)
         with tempfile.TemporaryDirectory(prefix="dfp-register-") as tmp:
             # the version's files, before taking the store's lock: only MLmodel needs the ids
             model_dir = template.materialise(Path(tmp) / MODEL_NAME_IN_RUN, model)
-            with self._lock, self._write_lock(), self._globals():
+            (model_dir / CURVES_ARTIFACT).write_text(curves)
+            # Two holds of the store's file lock, for the database writes; the artifact upload
+            # between them (files, and MLflow's reads of the logged model) runs outside it, so
+            # registrations of all processes queue behind the lock for database work only.
+            with self._lock, self._globals():
                 client = self.client
-                exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
-                self._ensure_registered_model(name, {"source": source, "user": user_label(user)})
-                run = client.create_run(
-                    exp_id,
-                    run_name=f"{name}@{last:%Y%m%dT%H%M%S}",
-                    tags={**common_tags, "registered_model": name},
-                )
-                run_id = run.info.run_id
-                try:
-                    now = int(time.time() * 1000)
-                    client.log_batch(
-                        run_id,
-                        params=[Param(k, v) for k, v in params.items()],
-                        tags=[Tag("mlflow.source.name", "dfp_ray"), Tag("mlflow.source.type", "JOB")],
-                        metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
-                    )
-                    # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING, linked
-                    # to the run as its output, artifacts uploaded, then READY (FAILED on an error).
-                    logged = client.create_logged_model(
-                        exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
-                    )
+                with self._write_lock():
+                    exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
+                    self._ensure_registered_model(name, {"source": source, "user": user_label(user)})
+                    run = client.create_run(
+                        exp_id,
+                        run_name=f"{name}@{last:%Y%m%dT%H%M%S}",
+                        tags={**common_tags, "registered_model": name,
+                              "mlflow.source.name": "dfp_ray", "mlflow.source.type": "JOB"},
+                    )  # fmt: skip
+                    run_id = run.info.run_id
                     try:
+                        now = int(time.time() * 1000)
+                        client.log_batch(
+                            run_id,
+                            params=[Param(k, v) for k, v in params.items()],
+                            metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
+                        )
+                        # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING,
+                        # linked to the run as its output, artifacts uploaded, then READY (FAILED
+                        # on an error).
+                        logged = client.create_logged_model(
+                            exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
+                        )
                         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-                        template.write_mlmodel(
-                            model_dir, model_id=logged.model_id, run_id=run_id,
-                            artifact_path=logged.artifact_location, signature=signature,
-                        )  # fmt: skip
-                        client.log_model_artifacts(logged.model_id, str(model_dir))
                     except BaseException:
                         with contextlib.suppress(Exception):
-                            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                            client.set_terminated(run_id, "FAILED")
                         raise
-                    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-                    version = client.create_model_version(
-                        name,
-                        source=f"models:/{logged.model_id}",
-                        run_id=run_id,
-                        tags=version_tags,
-                        model_id=logged.model_id,
-                        description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
-                        await_creation_for=60,
-                    )
+                try:
+                    template.write_mlmodel(
+                        model_dir, model_id=logged.model_id, run_id=run_id,
+                        artifact_path=logged.artifact_location, signature=signature,
+                    )  # fmt: skip
+                    client.log_model_artifacts(logged.model_id, str(model_dir))
                 except BaseException:
-                    with contextlib.suppress(Exception):
-                        client.set_terminated(run_id, "FAILED")
+                    with self._write_lock():
+                        with contextlib.suppress(Exception):
+                            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                        with contextlib.suppress(Exception):
+                            client.set_terminated(run_id, "FAILED")
                     raise
-                client.set_terminated(run_id, "FINISHED")  # a run left RUNNING looks like a crash
+                with self._write_lock():
+                    try:
+                        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+                        version = client.create_model_version(
+                            name,
+                            source=f"models:/{logged.model_id}",
+                            run_id=run_id,
+                            tags=version_tags,
+                            model_id=logged.model_id,
+                            description=f"{report.rows} rows, events {first.isoformat()} .. {last.isoformat()}",
+                            await_creation_for=60,
+                        )
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            client.set_terminated(run_id, "FAILED")
+                        raise
+                    client.set_terminated(run_id, "FINISHED")  # a run left RUNNING looks like a crash
         ref = ModelRef(name=name, version=str(version.version), run_id=run_id)
         log.info("registered %s in %.2f s", ref.label, time.perf_counter() - started)
         return ref
@@ -609,6 +639,43 @@ class ModelRegistry:
                 "compatible dfp_ray version."
             ) from exc
 
+    def training_curves(self, ref: ModelRef) -> dict[str, Any] | None:
+        """The per-epoch losses of the training that made ``ref``: ``{"epoch": [1, ..., n],
+        "train_loss": [...], "val_loss": [...] (empty without validation rows), "best_epoch",
+        "best_val_loss"}``, read from the version's ``training_curves.json``. Versions
+        registered before that file existed are read from their stepped metrics
+        ``epoch_train_loss``/``epoch_val_loss`` (same keys, best_* None); None when neither exists."""
+        try:
+            location = self.client.get_model_version_download_uri(ref.name, ref.version)
+            local = _local_path(location)
+            with contextlib.suppress(Exception):  # missing: a version older than the file
+                if local is not None:
+                    return json.loads((local / CURVES_ARTIFACT).read_text())
+                from mlflow.artifacts import download_artifacts
+
+                with tempfile.TemporaryDirectory(prefix="dfp-curves-") as tmp:
+                    path = download_artifacts(
+                        artifact_uri=f"{location}/{CURVES_ARTIFACT}", dst_path=tmp, tracking_uri=self.tracking_uri
+                    )
+                    return json.loads(Path(path).read_text())
+            if not ref.run_id:
+                return None
+            history = {
+                key: sorted(self.client.get_metric_history(ref.run_id, f"epoch_{key}"), key=lambda m: m.step)
+                for key in ("train_loss", "val_loss")
+            }
+        except Exception as exc:
+            raise RegistryError(f"reading the training curves of {ref.label} failed: {exc}") from exc
+        if not history["train_loss"]:
+            return None
+        return {
+            "epoch": [m.step for m in history["train_loss"]],
+            "train_loss": [m.value for m in history["train_loss"]],
+            "val_loss": [m.value for m in history["val_loss"]],
+            "best_epoch": None,
+            "best_val_loss": None,
+        }
+
 
 def _mlflow_version() -> str:
     try:
@@ -643,8 +710,21 @@ def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
+def _training_curves(report: TrainingReport) -> dict[str, Any]:
+    """The per-epoch losses as :data:`CURVES_ARTIFACT` holds them (one small JSON file instead
+    of one metric row per epoch and curve: those rows were the largest part of a registration)."""
+    return {
+        "epoch": list(range(1, len(report.train_loss) + 1)),
+        "train_loss": [float(v) for v in report.train_loss],
+        "val_loss": [float(v) for v in report.val_loss],
+        "best_epoch": report.best_epoch,
+        "best_val_loss": report.best_val_loss,
+    }
+
+
 def _training_metrics(report: TrainingReport) -> list[tuple[str, float, int]]:
-    """(key, value, step): final and per-feature losses at step 0, epoch curves at steps 1..n."""
+    """(key, value, step): final and per-feature losses, all at step 0 (the epoch curves are
+    in :data:`CURVES_ARTIFACT`)."""
     out: list[tuple[str, float, int]] = []
     if report.train_loss:
         out.append(("train_loss", report.train_loss[-1], 0))
@@ -655,7 +735,5 @@ def _training_metrics(report: TrainingReport) -> list[tuple[str, float, int]]:
     out += [("epochs_run", report.epochs_run, 0), ("train_seconds", report.seconds, 0)]
     out += [(_metric_key("train_loss", f), v, 0) for f, v in report.train_feature_loss.items()]
     out += [(_metric_key("val_loss", f), v, 0) for f, v in report.val_feature_loss.items()]
-    out += [("epoch_train_loss", v, i) for i, v in enumerate(report.train_loss, start=1)]
-    out += [("epoch_val_loss", v, i) for i, v in enumerate(report.val_loss, start=1)]
     return out
 
