@@ -178,7 +178,6 @@ class DFPAutoencoder:
         self.category_min_count = {c: int(v) for c, v in (category_min_count or {}).items() if c in categorical}
         # Held-out and in-sample score distributions (see calibration.py); None until fitted.
         self.calibration: Calibration | None = None
-        self._thresholds: dict[tuple, tuple] = {}  # threshold() memo (see there)
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -401,7 +400,7 @@ class DFPAutoencoder:
         threshold of users with little history; ``generic``: this is the generic model."""
         # memoised: the per-request scorer asks it per model per call (~0.25 ms of quantiles each);
         # keyed by the calibration objects themselves (never mutated, only replaced)
-        memo = self.__dict__.setdefault("_thresholds", {})  # (also on a model unpickled from before it)
+        memo: dict[tuple, tuple] = self.__dict__.setdefault("_thresholds", {})  # made at first use
         key = (id(self.calibration), id(population), alert_rate, generic)
         hit = memo.get(key)
         if hit is not None and hit[0] is self.calibration and hit[1] is population:

@@ -12,7 +12,7 @@ is a detection. :func:`~dfp_ray.pipeline.inference.score_groups` and the Serve f
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -125,10 +125,10 @@ class PopulationCheck:
         rows = np.flatnonzero(self.detected_by(out["anomaly_score"].to_numpy(dtype=np.float64)) == "population")
         if not len(rows):
             return
-        drivers = population_drivers(out.iloc[rows], self.opinion_at(rows), schema, top)
-        for c in drivers.columns:
+        drivers = population_driver_columns(out.iloc[rows], self.opinion_at(rows), schema, top)
+        for c, driven in drivers.items():
             values = out[c].to_numpy(copy=True)
-            values[rows] = drivers[c].to_numpy()
+            values[rows] = driven
             out[c] = values
 
 
@@ -204,29 +204,13 @@ def _gated(opinion: dict[str, np.ndarray], results: dict[str, np.ndarray], check
     return out
 
 
-def population_drivers(
-    rows: pd.DataFrame | dict[str, np.ndarray], opinion: dict[str, np.ndarray], schema: SourceSchema, top: int
-) -> pd.DataFrame:
-    """:func:`~dfp_ray.pipeline.post_processing.explain` of ``rows`` (their feature values)
-    with the generic model's z-scores and expectations ``opinion``; the explanation starts with
-    ``new for the population:``. One definition for the pipeline's frames and the per-request
-    scorer's arrays."""
-    from dfp_ray.pipeline.post_processing import Z_SUFFIX, explain
-
-    n = len(next(iter(opinion.values()))) if opinion else 0
-    features = [k[: -len(Z_SUFFIX)] for k in opinion if k.endswith(Z_SUFFIX)]
-    frame: dict[str, np.ndarray] = {f: np.asarray(rows[f]) for f in features if f in rows}
-    frame.update({k: v for k, v in opinion.items() if k.endswith((Z_SUFFIX, "_pred"))})
-    ex = explain(pd.DataFrame(frame, index=range(n)), schema, top)
-    ex["explanation"] = "new for the population: " + ex["explanation"].astype(str)
-    return ex
-
-
 def population_driver_columns(
-    rows: dict[str, np.ndarray], opinion: dict[str, np.ndarray], schema: SourceSchema, top: int
+    rows: pd.DataFrame | Mapping[str, np.ndarray], opinion: dict[str, np.ndarray], schema: SourceSchema, top: int
 ) -> dict[str, np.ndarray]:
-    """:func:`population_drivers` of rows given as columns (arrays), as arrays: the per-request
-    scorer's way (no frame built and read back; same drivers and texts)."""
+    """:func:`~dfp_ray.pipeline.post_processing.explain` columns (arrays) of ``rows`` (their
+    feature values, a frame or columns) with the generic model's z-scores and expectations
+    ``opinion``; each explanation starts with ``new for the population:``. One definition for the
+    pipeline's frames and the per-request scorer's arrays (no frame built and read back)."""
     from dfp_ray.pipeline.post_processing import Z_SUFFIX, explain_columns
 
     n = len(next(iter(opinion.values()))) if opinion else 0

@@ -11,7 +11,7 @@ need none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -126,24 +126,15 @@ def explain(rows: pd.DataFrame, schema: SourceSchema | None = None, top: int = 3
     >>> explain(rows, top=1)["explanation"].iloc[0]
     'reason=invalid_passcode (expected user_approved, z 9.5)'
     """
-    n = len(rows)
-    if n == 0 or not _explained_names(list(rows.columns), schema)[0][:top]:
-        out: dict[str, object] = {}
-        for i in range(1, top + 1):
-            for suffix, fill in (("", ""), ("_value", ""), ("_expected", ""), ("_z", np.nan)):
-                out[f"driver_{i}{suffix}"] = pd.Series(fill, index=rows.index, dtype=object if suffix != "_z" else float)
-        out["explanation"] = pd.Series("", index=rows.index, dtype=object)
-        return pd.DataFrame(out, index=rows.index)
     # columns, made a frame once (a column insert per driver costs ~0.3 ms)
-    return pd.DataFrame(_explain_arrays(lambda c, dtype: rows[c].to_numpy(dtype=dtype), list(rows.columns), n,
-                                        schema, top), index=rows.index)
+    return pd.DataFrame(explain_columns(rows, len(rows), schema, top), index=rows.index)
 
 
-def explain_columns(rows: Mapping[str, np.ndarray], n: int, schema: SourceSchema | None = None,
+def explain_columns(rows: pd.DataFrame | Mapping[str, np.ndarray], n: int, schema: SourceSchema | None = None,
                     top: int = 3) -> dict[str, np.ndarray]:
     """:func:`explain` of rows given as columns (name -> array of ``n`` values, in the order a
-    frame of them would have), as arrays: the same drivers and texts without building (and
-    reading back) a frame. The per-request scorer's way (:mod:`dfp_ray.serve.dfp_fast`)."""
+    frame of them would have; a frame works too), as arrays: the same drivers and texts without
+    building (and reading back) a frame. The per-request scorer's way (:mod:`dfp_ray.serve.dfp_fast`)."""
     names = list(rows)
     if n == 0 or not _explained_names(names, schema)[0][:top]:
         out: dict[str, np.ndarray] = {}
@@ -153,7 +144,7 @@ def explain_columns(rows: Mapping[str, np.ndarray], n: int, schema: SourceSchema
             out[f"driver_{i}_z"] = np.full(n, np.nan)
         out["explanation"] = np.full(n, "", dtype=object)
         return out
-    return _explain_arrays(lambda c, dtype: np.asarray(rows[c], dtype=dtype), names, n, schema, top)
+    return _explain_arrays(rows, names, n, schema, top)
 
 
 def _explained_names(columns: list[str], schema: SourceSchema | None) -> tuple[list[str], dict]:
@@ -165,10 +156,14 @@ def _explained_names(columns: list[str], schema: SourceSchema | None) -> tuple[l
     return names, groups
 
 
-def _explain_arrays(col: Callable[[str, Any], np.ndarray], columns: list[str], n: int,
+def _explain_arrays(rows: pd.DataFrame | Mapping[str, np.ndarray], columns: list[str], n: int,
                     schema: SourceSchema | None, top: int) -> dict[str, np.ndarray]:
-    """The columns of :func:`explain` (``n`` > 0 rows, at least one driver); ``col(name, dtype)``
-    reads a column of the rows as an array, ``columns`` are their names in order."""
+    """The columns of :func:`explain_columns` (``n`` > 0 rows, at least one driver); ``columns``
+    are the names of the rows' columns, in order."""
+
+    def col(name: str, dtype: Any) -> np.ndarray:
+        return np.asarray(rows[name], dtype=dtype)
+
     names, groups = _explained_names(columns, schema)
     present = set(columns)
     k = min(top, len(names))

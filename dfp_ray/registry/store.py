@@ -453,8 +453,7 @@ class ModelRegistry:
                         )
                         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
                     except BaseException:
-                        with contextlib.suppress(Exception):
-                            client.set_terminated(run_id, "FAILED")
+                        _abandon(client, run_id)
                         raise
                 try:
                     template.write_mlmodel(
@@ -464,10 +463,7 @@ class ModelRegistry:
                     client.log_model_artifacts(logged.model_id, str(model_dir))
                 except BaseException:
                     with self._write_lock():
-                        with contextlib.suppress(Exception):
-                            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-                        with contextlib.suppress(Exception):
-                            client.set_terminated(run_id, "FAILED")
+                        _abandon(client, run_id, logged.model_id)
                     raise
                 with self._write_lock():
                     try:
@@ -482,8 +478,7 @@ class ModelRegistry:
                             await_creation_for=60,
                         )
                     except BaseException:
-                        with contextlib.suppress(Exception):
-                            client.set_terminated(run_id, "FAILED")
+                        _abandon(client, run_id)
                         raise
                     client.set_terminated(run_id, "FINISHED")  # a run left RUNNING looks like a crash
         ref = ModelRef(name=name, version=str(version.version), run_id=run_id)
@@ -720,6 +715,18 @@ def _training_curves(report: TrainingReport) -> dict[str, Any]:
         "best_epoch": report.best_epoch,
         "best_val_loss": report.best_val_loss,
     }
+
+
+def _abandon(client: Any, run_id: str, model_id: str | None = None) -> None:
+    """Mark a registration that failed part-way: its logged model (when made) and its run FAILED,
+    so neither looks pending or crashed; errors doing so are ignored (the original one is raised)."""
+    from mlflow.entities import LoggedModelStatus
+
+    if model_id is not None:
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    with contextlib.suppress(Exception):
+        client.set_terminated(run_id, "FAILED")
 
 
 def _training_metrics(report: TrainingReport) -> list[tuple[str, float, int]]:
