@@ -195,6 +195,19 @@ def test_register_twice_gives_versions_and_latest(registry, model_a, model_b):
     assert per_register < 5.0, per_register
 
 
+def test_a_registration_cut_short_by_a_dead_process_is_marked_killed_by_the_next(registry, model_a):
+    first = register(registry, "orphaned", model_a)
+    client = registry.client
+    exp_id = client.get_run(first.run_id).info.experiment_id
+    # what a process killed between create_run and its end leaves behind
+    orphan = client.create_run(exp_id, tags={"registered_model": first.name}).info.run_id
+    assert client.get_run(orphan).info.status == "RUNNING"
+    second = register(registry, "orphaned", model_a)
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(second.run_id).info.status == "FINISHED"
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
 def test_run_logs_params_metrics_and_tags(registry, model_a):
     model, report, frame = model_a
     ref = register(registry, "logcheck", model_a, tags={"team": "soc"})

@@ -431,6 +431,7 @@ class ModelRegistry:
                 with self._write_lock():
                     exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
                     self._ensure_registered_model(name, {"source": source, "user": user_label(user)})
+                    _end_abandoned_runs(client, exp_id)
                     run = client.create_run(
                         exp_id,
                         run_name=f"{name}@{last:%Y%m%dT%H%M%S}",
@@ -715,6 +716,17 @@ def _training_curves(report: TrainingReport) -> dict[str, Any]:
         "best_epoch": report.best_epoch,
         "best_val_loss": report.best_val_loss,
     }
+
+
+def _end_abandoned_runs(client: Any, exp_id: str) -> None:
+    """Mark KILLED the runs of this model's experiment still RUNNING: registrations whose
+    process died part-way (an actor killed mid-registration never reaches its own handler).
+    The model's user is trained by one actor at a time, so a RUNNING run here is such a
+    leftover; were it a live registration of another pipeline, its own end (FINISHED) would
+    overwrite this. One indexed query per registration; errors are ignored."""
+    with contextlib.suppress(Exception):
+        for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=50):
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _abandon(client: Any, run_id: str, model_id: str | None = None) -> None:
