@@ -59,7 +59,7 @@ def signature(network: DFPNetwork) -> tuple:
     return (
         network.n_numeric, network.n_binary, len(network.cardinalities),
         tuple(layer.out_features for layer in network.encoder), tuple(layer.out_features for layer in network.decoder),
-        network.activation,
+        network.activation, tuple(network.head_ranks),
     )
 
 

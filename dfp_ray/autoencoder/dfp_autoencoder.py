@@ -167,6 +167,8 @@ class DFPAutoencoder:
         self.encoder: FeatureEncoder | None = None
         self.network: DFPNetwork | None = None
         self.embedding_dims: list[int] = []
+        # Per categorical column: rank of its low-rank output head, None = full (params.head_rank).
+        self.head_ranks: list[int | None] = []
         self.loss_stats: dict[str, dict[str, float]] | None = None
         self.n_train_rows = 0
         self.training_report: TrainingReport | None = None
@@ -197,9 +199,14 @@ class DFPAutoencoder:
         )
 
     # ------------------------------------------------------------------ building
-    def _build_network(self, encoder: FeatureEncoder) -> DFPNetwork:
+    def _build_network(self, encoder: FeatureEncoder, head_ranks: list[int | None] | None = None) -> DFPNetwork:
+        """The network for ``encoder``'s vocabularies; ``head_ranks`` as saved with a model (None:
+        from ``params.head_rank``)."""
         p = self.params
         self.embedding_dims = [embedding_dim(n, p.max_embedding_dim) for n in encoder.cardinalities]
+        if head_ranks is None:
+            head_ranks = p.head_ranks_for(encoder.cardinalities)
+        self.head_ranks = list(head_ranks)
         return DFPNetwork(
             n_numeric=len(encoder.numeric),
             n_binary=len(encoder.binary),
@@ -209,6 +216,7 @@ class DFPAutoencoder:
             decoder_layers=p.decoder_layers,
             activation=p.activation,
             dropout=p.dropout,
+            head_ranks=self.head_ranks,
         )
 
     def _bound_inputs(self, network: DFPNetwork, encoder: FeatureEncoder, device: torch.device) -> None:
@@ -472,7 +480,8 @@ class DFPAutoencoder:
         model = cls(features["categorical"], features["numeric"], features["binary"], params)
         encoder = FeatureEncoder.from_dict(metadata["encoder"])
         with torch.device("meta"):  # no random init (and no global RNG use) for weights we overwrite
-            network = model._build_network(encoder)
+            # saved with the model; models from before low-rank heads have full ones
+            network = model._build_network(encoder, metadata.get("head_ranks") or [None] * len(encoder.cardinalities))
         if model.embedding_dims != list(metadata["embedding_dims"]):
             raise ValueError(
                 f"{path}: embedding sizes in model.json {metadata['embedding_dims']} do not match the "
@@ -557,8 +566,10 @@ def fit_many(
             with contextlib.ExitStack() as global_rng:
                 state = states[i] = model._begin_fit(frame, global_rng, starts[i])
             state.elapsed = time.perf_counter() - state.started
-            if not can_group(model.params) or rows_per_epoch(len(state.train), model.params) < len(state.train):
-                # too wide to gain, or sampled epochs (large frames, which gain nothing): alone
+            if (not can_group(model.params) or rows_per_epoch(len(state.train), model.params) < len(state.train)
+                    or state.network.low_rank):
+                # too wide to gain, sampled epochs (large frames, which gain nothing) or a low-rank
+                # head (a vocabulary of hundreds: bound by arithmetic, and not stacked): alone
                 facts = train_network(state.network, state.train, state.val, model.params, state.device,
                                       state.generator, threads=threads)
                 state.elapsed = None

@@ -63,6 +63,7 @@ def save_model(model: DFPAutoencoder, path: str | os.PathLike) -> None:
         },
         "encoder": model.encoder.to_dict(),
         "embedding_dims": model.embedding_dims,
+        "head_ranks": model.head_ranks,
         "loss_stats": model.loss_stats,
         "numeric_scale": model.numeric_scale,
         "category_min_count": model.category_min_count,

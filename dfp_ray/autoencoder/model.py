@@ -8,6 +8,13 @@ linear outputs, binary logits, every categorical column's logits) are the row bl
 ``nn.Linear``. A linear layer's rows are independent, and PyTorch initialises each row from
 the fan-in alone, so this is the same model as separate heads with the same initial
 distribution, computed as one matrix product instead of 2 + n_categorical small ones.
+
+A categorical column with very many classes (the generic model's device names: one or more per
+user, so ~1,000 classes at 1,000 users) can instead get a low-rank head (``head_ranks``): its
+logits are ``(h A) B + b`` with ``A`` [width, r] and ``B`` [r, classes]. At 512 hidden units and
+1,001 classes a full head is 513k multiply-adds per row, about half of the generic model's whole
+step; rank 64 is 97k. The column's logits sit where the full head would put them, so losses,
+scoring and explanations see the same layout either way.
 """
 
 from __future__ import annotations
@@ -61,10 +68,14 @@ class DFPNetwork(nn.Module):
         decoder_layers: list[int],
         activation: str = "relu",
         dropout: float | None = None,
+        head_ranks: list[int | None] | None = None,
     ) -> None:
         super().__init__()
         if len(cardinalities) != len(embedding_dims):
             raise ValueError("cardinalities and embedding_dims must have one entry per categorical column")
+        ranks = list(head_ranks) if head_ranks is not None else [None] * len(cardinalities)
+        if len(ranks) != len(cardinalities):
+            raise ValueError("head_ranks must have one entry (a rank or None) per categorical column")
         self.n_numeric = n_numeric
         self.n_binary = n_binary
         self.cardinalities = list(cardinalities)
@@ -75,7 +86,15 @@ class DFPNetwork(nn.Module):
         self.encoder = _layers(in_dim, encoder_layers)
         self.decoder = _layers(encoder_layers[-1], decoder_layers)
         width = (decoder_layers or encoder_layers)[-1]
-        self.head = nn.Linear(width, n_numeric + n_binary + sum(cardinalities))
+        self.head_ranks = ranks
+        full = [n for n, r in zip(cardinalities, ranks, strict=True) if r is None]
+        self.head = nn.Linear(width, n_numeric + n_binary + sum(full))
+        # low-rank heads, keyed by the categorical column's index (ModuleDict keys are strings)
+        self.low_rank = nn.ModuleDict({
+            str(j): nn.Sequential(nn.Linear(width, r, bias=False), nn.Linear(r, n))
+            for j, (n, r) in enumerate(zip(cardinalities, ranks, strict=True)) if r is not None
+        })
+        self._full_cardinalities = full
         self.activation = activation
         self.dropout = dropout or 0.0
         offsets = [0]
@@ -111,8 +130,22 @@ class DFPNetwork(nn.Module):
                 x = F.dropout(x, self.dropout, self.training)
         out = kernels.linear(x, self.head, onednn=onednn)
         # one split (one backward concat) rather than slices (a zero-filled gradient per slice)
-        numeric, binary, logits = out.split([self.n_numeric, self.n_binary, self.offsets[-1]], dim=1)
+        numeric, binary, logits = out.split([self.n_numeric, self.n_binary, sum(self._full_cardinalities)], dim=1)
+        if self.low_rank:
+            logits = self._with_low_rank(x, logits, onednn)
         return numeric, binary, logits
+
+    def _with_low_rank(self, x: torch.Tensor, full_logits: torch.Tensor, onednn: bool) -> torch.Tensor:
+        """Every column's logits in column order: the full head's blocks and the low-rank heads'."""
+        full = iter(full_logits.split(self._full_cardinalities, dim=1))
+        blocks = []
+        for j in range(len(self.cardinalities)):
+            pair = self.low_rank[str(j)] if self.head_ranks[j] is not None else None
+            if pair is None:
+                blocks.append(next(full))
+            else:
+                blocks.append(kernels.linear(kernels.linear(x, pair[0], onednn=onednn), pair[1], onednn=onednn))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
     def feature_losses(
         self,

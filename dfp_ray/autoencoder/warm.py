@@ -42,6 +42,8 @@ def incompatibility(
         return f"hidden widths differ (previous {old_widths}, now {new_widths})"
     if activation != old_activation:
         return f"activation differs (previous {old_activation}, now {activation})"
+    if network.low_rank or old_network.low_rank:
+        return "a low-rank output head (autoencoder.head_rank) is not warm-started"
     return None
 
 
