@@ -547,17 +547,19 @@ def test_a_rollback_journal_store_opens_and_becomes_wal(tmp_path, model_a):
 
 
 def test_a_failed_artifact_upload_leaves_no_version_and_a_failed_run(registry, model_a, monkeypatch):
-    """The upload runs outside the store's file lock; its failure still marks run and model FAILED."""
+    """The version's files are written outside the store's file lock (in place on this local
+    store); a failure there still marks run and model FAILED."""
     from mlflow.entities import LoggedModelStatus
 
     from dfp_ray.registry import RegistryError
+    from dfp_ray.registry.template import PyfuncTemplate
 
     client = registry.client
 
-    def broken_upload(model_id, local_dir):
+    def broken_write(self, dest, model):
         raise OSError("disk full")
 
-    monkeypatch.setattr(client, "log_model_artifacts", broken_upload)
+    monkeypatch.setattr(PyfuncTemplate, "materialise", broken_write)
     with pytest.raises(RegistryError, match="disk full"):
         register(registry, "upload.fails", model_a)
     monkeypatch.undo()

@@ -420,12 +420,10 @@ class ModelRegistry:
 
         template = self._template(schema, signature)
         with tempfile.TemporaryDirectory(prefix="dfp-register-") as tmp:
-            # the version's files, before taking the store's lock: only MLmodel needs the ids
-            model_dir = template.materialise(Path(tmp) / MODEL_NAME_IN_RUN, model)
-            (model_dir / CURVES_ARTIFACT).write_text(curves)
-            # Two holds of the store's file lock, for the database writes; the artifact upload
-            # between them (files, and MLflow's reads of the logged model) runs outside it, so
-            # registrations of all processes queue behind the lock for database work only.
+            # Two holds of the store's file lock, for the database writes; the version's files
+            # (written in place on a local artifact store, else written here and uploaded) go
+            # between them, outside it, so registrations of all processes queue behind the lock
+            # for database work only.
             with self._lock, self._globals():
                 client = self.client
                 with self._write_lock():
@@ -457,11 +455,17 @@ class ModelRegistry:
                         _abandon(client, run_id)
                         raise
                 try:
+                    # a local store gets the files where MLflow's upload would copy them (one
+                    # write instead of a write and a copy); any other store gets an upload
+                    local = _local_path(logged.artifact_location)
+                    model_dir = template.materialise(local or Path(tmp) / MODEL_NAME_IN_RUN, model)
+                    (model_dir / CURVES_ARTIFACT).write_text(curves)
                     template.write_mlmodel(
                         model_dir, model_id=logged.model_id, run_id=run_id,
                         artifact_path=logged.artifact_location, signature=signature,
                     )  # fmt: skip
-                    client.log_model_artifacts(logged.model_id, str(model_dir))
+                    if local is None:
+                        client.log_model_artifacts(logged.model_id, str(model_dir))
                 except BaseException:
                     with self._write_lock():
                         _abandon(client, run_id, logged.model_id)

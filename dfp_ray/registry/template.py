@@ -91,9 +91,10 @@ class PyfuncTemplate:
         shutil.rmtree(self.path / self.model_subpath)
 
     def materialise(self, dest: Path, model: DFPAutoencoder) -> Path:
-        """Copy the template to ``dest`` and save ``model`` into its artifact slot. MLmodel is
-        written by :meth:`write_mlmodel` once the logged model's identity is known."""
-        shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns(MLMODEL))
+        """Copy the template to ``dest`` (created, or an empty folder such as a new logged model's
+        artifact folder) and save ``model`` into its artifact slot. MLmodel is written by
+        :meth:`write_mlmodel` once the logged model's identity is known."""
+        shutil.copytree(self.path, dest, ignore=shutil.ignore_patterns(MLMODEL), dirs_exist_ok=True)
         model.save(dest / self.model_subpath)
         return dest
 
