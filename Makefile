@@ -46,8 +46,13 @@ postgres-setup:
 	    || echo "postgres-setup: apt-get could not install PostgreSQL; the postgres-marked tests will be skipped"; \
 	else echo "postgres-setup: no PostgreSQL here (and no root apt-get); the postgres-marked tests will be skipped"; fi
 
-test: $(BIN)/.stamp-test postgres-setup  ## run the whole test suite
-	$(BIN)/python -m pytest -q -ra --durations=25; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+test: $(BIN)/.stamp-test postgres-setup  ## run the whole test suite (TEST_ARGS=... passes pytest options)
+	@rm -f $(VENV)/.pytest-status
+	DFP_TEST_STATUS_FILE=$(VENV)/.pytest-status $(BIN)/python -X faulthandler -m pytest -q -ra --durations=25 $(TEST_ARGS); rc=$$?; \
+	if [ $$rc -gt 128 ] && [ -s $(VENV)/.pytest-status ]; then \
+	  echo "make test: pytest ended with status $$(cat $(VENV)/.pytest-status), then the interpreter was killed by signal $$((rc - 128)) while finalising (native teardown, see conftest.py); using pytest's status"; \
+	  rc=$$(cat $(VENV)/.pytest-status); fi; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-fast: $(BIN)/.stamp-test  ## tests without slow/kafka/s3/postgres/gpu markers
 	$(BIN)/python -m pytest -q -ra -m "not slow and not kafka and not s3 and not postgres and not gpu"
