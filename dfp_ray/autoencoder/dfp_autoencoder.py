@@ -303,19 +303,22 @@ class DFPAutoencoder:
         started = time.perf_counter()
         n_val = math.ceil(n_rows * p.validation_fraction) if p.validation_fraction > 0 else 0
         n_val = min(n_val, n_rows - 1)
-        train_df, val_df = df.iloc[: n_rows - n_val], df.iloc[n_rows - n_val :]
+        n_train = n_rows - n_val
         device = resolve_device(p.device)
         if p.precision == "bf16" and device.type == "cpu" and kernels.cpu_has_native_bf16() is False:
             _warn_once(
                 "precision='bf16' on a CPU without native bfloat16 (no avx512_bf16/amx_bf16 flag): torch "
                 "emulates it, ~16x slower than fp32 here (measured on an AVX2 AMD Zen 3); use precision 'fp32'"
             )
-        encoder = FeatureEncoder.fit(
-            train_df, self.categorical, self.numeric, self.binary, p.min_category_count, p.max_categories,
-            numeric_scale=self.numeric_scale, category_min_count=self.category_min_count,
+        # decoded once: the vocabularies and scalers come from the first n_train rows, the
+        # training and validation tensors from the same decoding
+        columns = FeatureColumns.from_frame(df, self.categorical, self.numeric, self.binary)
+        encoder = FeatureEncoder.fit_columns(
+            columns, n_train, self.categorical, self.numeric, self.binary, p.min_category_count,
+            p.max_categories, numeric_scale=self.numeric_scale, category_min_count=self.category_min_count,
         )
-        train = encoder.transform(train_df).to(device)
-        val: EncodedFrame | None = encoder.transform(val_df).to(device) if n_val else None
+        train = encoder.encode(columns, np.arange(n_train)).to(device)
+        val: EncodedFrame | None = encoder.encode(columns, np.arange(n_train, n_rows)).to(device) if n_val else None
         if p.precision == "auto":  # the precision this fit runs in, stored with it (params)
             p = self.params = p.model_copy(update={"precision": auto_precision(len(train), p, device)})
         if p.width_rule != "fixed":  # the widths this model's rows get, stored with it (params)
