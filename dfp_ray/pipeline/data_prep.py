@@ -7,6 +7,7 @@ week, weekend) depend on the row alone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,12 +18,14 @@ from dfp_ray.schemas.model import MISSING_CATEGORY, SourceSchema, TimeFeatureSpe
 log = logging.getLogger(__name__)
 
 
-def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
+def add_derived_features(df: pd.DataFrame, schema: SourceSchema, *, part: str | None = None) -> pd.DataFrame:
     """Sort by time and compute the per-user-per-UTC-day counters (vectorised groupby/cumsum).
 
     ``running_count`` is the user's events so far that day starting at 0 (Morpheus's
     ``logcount``); ``distinct_so_far`` is the number of distinct values so far that day,
     starting at 1 (``locincrement``, ``appincrement``). Missing values count as one value.
+    ``part`` (optional) names a column that splits the frame into separate frames: rows of
+    different parts never share a counter (see :func:`prepare_features_many`).
     """
     user, time = schema.user_column, schema.time_column
     df = df.sort_values(time, kind="stable").reset_index(drop=True)
@@ -34,14 +37,15 @@ def add_derived_features(df: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame
     day = df[time].dt.tz_convert("UTC").dt.floor(schema.counter_period) if schema.counter_period in (
         "D", "h", "H", "min", "T"
     ) else df[time].dt.tz_convert("UTC").dt.to_period(schema.counter_period).dt.start_time
-    keys = [df[user], day]
+    keys = [df[user], day] + ([df[part]] if part is not None else [])
     grouped = df.groupby(keys, sort=False, dropna=False)
     for c in schema.counters:
         if c.kind == "running_count":
             df[c.name] = grouped.cumcount().astype("int64")
         else:
             values = df[c.column].astype(object).where(df[c.column].notna(), MISSING_CATEGORY)
-            first_seen = ~pd.DataFrame({"u": df[user], "d": day, "v": values}).duplicated()
+            seen = {"u": df[user], "d": day, "v": values, **({"p": df[part]} if part is not None else {})}
+            first_seen = ~pd.DataFrame(seen).duplicated()
             df[c.name] = first_seen.astype("int64").groupby(keys, sort=False, dropna=False).cumsum()
     return df
 
@@ -137,4 +141,32 @@ def frame_from_records(
 def prepare_features(mapped: pd.DataFrame, schema: SourceSchema) -> pd.DataFrame:
     """Data preparation step: counters + feature dtypes on an already-mapped frame."""
     return finalize_feature_types(add_derived_features(mapped, schema), schema)
+
+
+_PART = "__dfp_part__"
+
+
+def prepare_features_many(frames: Sequence[pd.DataFrame], schema: SourceSchema) -> list[pd.DataFrame]:
+    """:func:`prepare_features` of each frame (the same rows, order, counters and feature
+    dtypes), computed on the frames stacked into one.
+
+    Why: a pool actor prepares hundreds of small user frames before their grouped fits, and for
+    a frame of a hundred rows the ~30 pandas calls of data prep cost far more than the rows
+    (~20 ms per user, measured); stacked, those calls are paid once per group. A column marks
+    which frame a row came from, so counters never span two frames, and the stable time sort
+    keeps each frame's rows in the order its own sort gives them.
+    """
+    first = frames[0].dtypes if len(frames) else None
+    if len(frames) <= 1 or any(not f.dtypes.equals(first) for f in frames[1:]):
+        # stacking frames whose columns differ in dtype would upcast values (ints to floats
+        # where another frame has NaN: "1" would become "1.0"): those are prepared one by one
+        return [prepare_features(f, schema) for f in frames]
+    sizes = np.array([len(f) for f in frames])
+    stacked = pd.concat(list(frames), ignore_index=True)
+    stacked[_PART] = np.repeat(np.arange(len(frames)), sizes)
+    prepared = finalize_feature_types(add_derived_features(stacked, schema, part=_PART), schema)
+    parts = prepared.pop(_PART).to_numpy()
+    order = np.argsort(parts, kind="stable")  # each frame's rows, in the prepared (time) order
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(parts, minlength=len(frames)))])
+    return [prepared.iloc[order[a:b]].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from dfp_ray.autoencoder import AutoencoderParams, DFPAutoencoder, TrainingReport
-from dfp_ray.pipeline.data_prep import prepare_features
+from dfp_ray.pipeline.data_prep import prepare_features, prepare_features_many
 from dfp_ray.pipeline.frames import PreparedFrame, UserFrame
 from dfp_ray.schemas import SourceSchema
 
@@ -69,7 +69,7 @@ def train_models(
 
     extras = list(extra_rows) if extra_rows is not None else [None] * len(frames)
     starts = [_warm_from(params, m) for m in (previous if previous is not None else [None] * len(frames))]
-    prepared = [_prepared(f, schema, e) for f, e in zip(frames, extras, strict=True)]
+    prepared = [_with_extra(f, e) for f, e in zip(prepare_features_many(frames, schema), extras, strict=True)]
     models = [_new_model(schema, params) for _ in frames]
     small = [i for i, f in enumerate(prepared) if len(f) < params.group_max_rows]
     reports: dict[int, TrainingReport] = {}
@@ -89,7 +89,10 @@ def _warm_from(params: AutoencoderParams, previous: DFPAutoencoder | None) -> DF
 
 
 def _prepared(frame: UserFrame, schema: SourceSchema, extra_rows: PreparedFrame | None) -> PreparedFrame:
-    prepared = prepare_features(frame, schema)
+    return _with_extra(prepare_features(frame, schema), extra_rows)
+
+
+def _with_extra(prepared: PreparedFrame, extra_rows: PreparedFrame | None) -> PreparedFrame:
     if extra_rows is not None and len(extra_rows):
         prepared = pd.concat([extra_rows.reindex(columns=prepared.columns), prepared], ignore_index=True)
     return prepared
