@@ -156,6 +156,9 @@ class ModelRegistry:
         self._lock = threading.RLock()
         self._client: Any = None
         self._experiments: dict[str, str] = {}
+        # experiments this process has just created and not registered into yet: they hold no
+        # run, so the first registration skips the search for abandoned ones (_end_abandoned_runs)
+        self._own_experiments: set[str] = set()
         self._known_models: set[str] = set()
         self._signatures: dict[tuple, Any] = {}
         self._templates: dict[tuple, PyfuncTemplate] = {}
@@ -267,6 +270,7 @@ class ModelRegistry:
                 location = f"{self.artifact_location}/{UNSAFE_CHAR.sub('_', name.replace('/', '__'))}"
             try:
                 exp_id = client.create_experiment(name, artifact_location=location)
+                self._own_experiments.add(exp_id)
             except MlflowException:  # created meanwhile by another process
                 exp = client.get_experiment_by_name(name)
                 if exp is None:
@@ -401,7 +405,7 @@ class ModelRegistry:
             "last_event": last.isoformat(),
         }
         params = {k: _param_value(v) for k, v in model.params.model_dump(mode="json").items()}
-        params.update(
+        data_params = dict(
             first_event=first.isoformat(),
             last_event=last.isoformat(),
             row_count=str(report.rows),
@@ -411,6 +415,9 @@ class ModelRegistry:
             val_rows=str(report.val_rows),
             schema=schema.name,
             schema_fingerprint=schema.fingerprint(),
+        )
+        params.update(
+            data_params,
             categorical_features=",".join(model.categorical),
             numeric_features=",".join(model.numeric),
             binary_features=",".join(model.binary),
@@ -429,7 +436,10 @@ class ModelRegistry:
                 with self._write_lock():
                     exp_id = self._retry("experiment", lambda: self._experiment_id(experiment))
                     self._ensure_registered_model(name, {"source": source, "user": user_label(user)})
-                    _end_abandoned_runs(client, exp_id)
+                    if exp_id in self._own_experiments:  # just created here: no run in it yet
+                        self._own_experiments.discard(exp_id)
+                    else:
+                        _end_abandoned_runs(client, exp_id)
                     run = client.create_run(
                         exp_id,
                         run_name=f"{name}@{last:%Y%m%dT%H%M%S}",
@@ -447,8 +457,12 @@ class ModelRegistry:
                         # An MLflow 3 logged model, as mlflow.pyfunc.log_model makes one: PENDING,
                         # linked to the run as its output, artifacts uploaded, then READY (FAILED
                         # on an error).
+                        # the logged model carries what identifies its data (rows, event range,
+                        # schema); the hyper-parameters are on its run (a second copy of all ~45
+                        # was ~10% of a registration)
                         logged = client.create_logged_model(
-                            exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags, params=params
+                            exp_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id, tags=common_tags,
+                            params=data_params,
                         )
                         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
                     except BaseException:
