@@ -28,6 +28,7 @@ from dfp_ray.tools.roster.people import (
     ALL_CITIES,
     ALL_DEVICES,
     AZURE_APP_ID,
+    DUO_APP_ID,
     ELSEWHERE_IDS,
     HOSTING_IDS,
     LAPTOP_IDS,
@@ -97,26 +98,39 @@ def _usual_hour(p: Person, day: int, start_weekday: int, rng: np.random.Generato
     return start + p.len_h * float(rng.uniform(0.2, 0.8))
 
 
-def _base(p: Person, u: int, n: int, kind: str, city: int, ip: str, source: str) -> dict:
-    """Columns of ``n`` attack events on the victim's usual laptop, apps and factor."""
+def _base(p: Person, u: int, kind: str, city: int, ip: str, source: str) -> dict:
+    """Columns of an attack's events on the victim's usual laptop, apps and factor."""
+    factor = _remote_factor(p) if kind != "new_device_enrolment" else "duo_push"
     return {
         "user": u, "session": -1, "city": city, "ip": ip, "dev": int(p.devices[0]), "slot": 0,
-        "factor": p.duo_factors[0] if source == "duo" else None,
-        "auth_name": (p.security_key if p.duo_factors[0] == "webauthn_security_key" else p.auth_phone)
-        if source == "duo" else None,
+        "factor": factor if source == "duo" else None,
+        "auth_name": p.auth_phone if source == "duo" else None,
         "auth_city": p.home, "ok": True,
-        "reason": vocab.DUO_FACTORS[p.duo_factors[0]] if source == "duo" else vocab.AZURE_OK_REASON,
+        "reason": vocab.DUO_FACTORS[factor] if source == "duo" else vocab.AZURE_OK_REASON,
         "code": 0, "interactive": True, "dev_name": p.managed[0][0], "dev_id": p.managed[0][1],
         "trust": p.managed[0][2], "kind": kind, "note": "",
     }
 
 
-def _apps(p: Person, n: int, source: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    apps, prob = (p.duo_apps, p.duo_app_p) if source == "duo" else (p.azure_apps, p.azure_app_p)
-    app = apps[rng.choice(len(apps), size=n, p=prob)]
+def _apps(p: Person, n: int, source: str, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """The victim's own applications, as an attacker from elsewhere reaches them: Duo's Windows
+    Logon needs the victim's machine, and a replayed browser session is a web application's."""
     if source == "duo":
-        return app, None
+        keep = np.array([a != DUO_APP_ID["Windows Logon"] and not (kind == "token_replay" and vocab.DUO_APPS[a].browserless)
+                         for a in p.duo_apps.tolist()])
+        if not keep.any():
+            return np.full(n, DUO_APP_ID["Microsoft 365 SSO"]), None
+        apps, prob = p.duo_apps[keep], p.duo_app_p[keep]
+        return apps[rng.choice(len(apps), size=n, p=prob / prob.sum())], None
+    app = p.azure_apps[rng.choice(len(p.azure_apps), size=n, p=p.azure_app_p)]
     return app, np.array([p.azure_clients[a] for a in app.tolist()], dtype=object)
+
+
+def _remote_factor(p: Person) -> str:
+    """The victim's factor an attacker elsewhere gets through (a push or call the victim approves, a
+    phished passcode); a hardware key stays with its owner, so its users are pushed instead."""
+    usable = [f for f in p.duo_factors if f != "webauthn_security_key"]
+    return usable[0] if usable else "duo_push"
 
 
 def plan_attack(cfg: RosterConfig, p: Person, u: int, kind: str, source: str, own: Events,
@@ -161,8 +175,8 @@ def plan_attack(cfg: RosterConfig, p: Person, u: int, kind: str, source: str, ow
     else:
         city = _far_city(p, rng, 4.0 if kind == "impossible_travel" else 3.0)
     ip = ids.public_ips(rng, prefixes[[city]])[0]
-    cols = _base(p, u, n, kind, city, ip, source)
-    app, client = _apps(p, n, source, rng)
+    cols = _base(p, u, kind, city, ip, source)
+    app, client = _apps(p, n, source, kind, rng)
     cols["app"], cols["client"] = app, client
     cols["ts"] = start + offsets
     if kind in ("impossible_travel", "dormant_wakeup") and source == "azure":
@@ -204,6 +218,8 @@ def plan_attack(cfg: RosterConfig, p: Person, u: int, kind: str, source: str, ow
                                        for c in code.tolist()], dtype=object)
             cols["app"] = np.full(n, AZURE_APP_ID[vocab.STUFFING_APP])
             cols["client"] = "Browser"
+        if source == "duo":
+            cols["app"] = np.full(n, DUO_APP_ID[vocab.DUO_STUFFING_APP])
     elif kind == "new_device_enrolment":
         mine = ALL_DEVICES[int(p.devices[0])]
         others = [int(d) for d in LAPTOP_IDS.tolist()

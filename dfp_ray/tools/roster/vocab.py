@@ -154,8 +154,9 @@ AZURE_APPS: tuple[AzureApp, ...] = (
     AzureApp("OneDrive SyncEngine", "ab9b8c07-8f02-4f72-87fa-80105867a763",
              ("Mobile Apps and Desktop clients",), 4),
 )
-# The app a password-spraying / stuffing tool signs in to.
+# The apps a credential-stuffing tool signs in to (the tenant's web sign-in pages).
 STUFFING_APP = "OfficeHome"
+DUO_STUFFING_APP = "Microsoft 365 SSO"
 
 # Duo: factor -> reason on success.
 DUO_FACTORS: dict[str, str] = {
