@@ -9,6 +9,7 @@ import logging
 import sys
 
 NAME = "datagen"
+_DEFAULT_KINDS = ["new_location", "new_device", "failed_burst", "unusual_app", "off_hours"]
 log = logging.getLogger(__name__)
 
 
@@ -31,13 +32,18 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder: a local path or s3://bucket/prefix")
     parser.add_argument(
         "--family",
-        choices=["default", "habits"],
+        choices=["default", "habits", "roster"],
         default="default",
         help="default: the Morpheus-shaped data set described below; habits: a second, independent family "
         "(other archetypes, vocabularies and time zones, rare-but-normal events listed in "
         "<source>/rare_normal.csv, subtle attacks: new_app_at_night, new_location, new_browser, off_hours, "
         "mfa_fatigue; local folders only; uses --users, --train-days, --infer-days, --start-date, --sources, "
-        "--anomaly-fraction, --seed). See docs/datagen.md",
+        "--anomaly-fraction, --seed); roster: a third, independent family, a distributed workforce (six time "
+        "zones, rotating shifts, sessions, help-desk, sparse and dormant accounts; rare-but-normal dst_shift, "
+        "new_phone, conference_trip, weekend_oncall, password_reset_burst; attacks: impossible_travel, "
+        "token_replay, credential_stuffing, new_device_enrolment, dormant_wakeup; local folders only; uses the "
+        "same options as habits plus --anomaly-kinds and --file-interval-hours when given; its own defaults "
+        "otherwise: 28 + 4 days from 2024-02-02). See docs/datagen.md",
     )
     parser.add_argument("--users", type=int, default=20, help="users per source (default: 20)")
     parser.add_argument(
@@ -86,7 +92,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--anomaly-kinds",
         type=_csv,
-        default=["new_location", "new_device", "failed_burst", "unusual_app", "off_hours"],
+        default=_DEFAULT_KINDS,
         help="comma-separated anomaly kinds to inject, assigned to attacked users in turn "
         "(default: all: new_location,new_device,failed_burst,unusual_app,off_hours)",
     )
@@ -150,11 +156,42 @@ def _run_habits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_roster(args: argparse.Namespace) -> int:
+    """``--family roster``: options the user set are passed on; the family's own defaults otherwise
+    (the default family's --train-days 29 / --infer-days 2 / start date are not the roster's)."""
+    from pydantic import ValidationError
+
+    from dfp_ray.tools.roster import RosterConfig, generate
+
+    options = {"out": args.out, "sources": args.sources, "users": args.users,
+               "attack_fraction": args.anomaly_fraction, "seed": args.seed}
+    defaults = {"train_days": 29, "infer_days": 2, "start_date": dt.date(2022, 8, 1), "file_interval_hours": 3}
+    for name, default in defaults.items():
+        if getattr(args, name) != default:
+            options[name] = getattr(args, name)
+    if args.anomaly_kinds != _DEFAULT_KINDS:
+        options["attack_kinds"] = args.anomaly_kinds
+    try:
+        config = RosterConfig(**options)
+        summary = generate(config, overwrite=args.overwrite)
+    except ValidationError as exc:
+        for err in exc.errors():
+            print(f"dfp-ray datagen --family roster: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
+        print(f"dfp-ray datagen: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.model_dump(), indent=2) if args.json else summary.text())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     if getattr(args, "family", "default") == "habits":
         return _run_habits(args)
+    if getattr(args, "family", "default") == "roster":
+        return _run_roster(args)
 
     from dfp_ray.tools.datagen import DatagenConfig, generate
 

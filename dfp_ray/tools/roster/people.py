@@ -42,6 +42,7 @@ SESSION_EXTRA_P = np.array([0.22, 0.24, 0.19, 0.14, 0.1, 0.07, 0.04])
 VOLUME_CLASSES = ("regular", "heavy", "sparse")
 VOLUME_WEIGHTS = (0.84, 0.06, 0.10)
 NEVER = 1 << 30  # a day index after every window
+DORMANT_SHARE = 0.1
 
 
 @dataclass
@@ -179,9 +180,6 @@ def build_people(cfg: RosterConfig, rng: np.random.Generator, prefixes: np.ndarr
         if volume == "sparse":
             extra_p = np.array([0.65, 0.3, 0.05, 0, 0, 0, 0])
             weekend = 0.0
-        # People whose activity stopped more than ten days before training ends.
-        dormant = volume == "regular" and not rotating and rng.random() < 0.12
-        active_until = cfg.train_days - int(rng.integers(11, 17)) if dormant else NEVER
         # Usual cities: home, often the office, sometimes a third place (partner site, family).
         trio = [3 * office + i for i in range(3)]
         home = int(rng.choice(trio, p=[0.3, 0.35, 0.35]))
@@ -246,7 +244,7 @@ def build_people(cfg: RosterConfig, rng: np.random.Generator, prefixes: np.ndarr
             office=office, volume=volume, rotating=rotating, start_h=start_h, len_h=len_h,
             late_start_h=late, rotation_phase=int(rng.integers(2)), weekend_rate=weekend,
             evening_share=float(rng.uniform(0.0, 0.06)), sessions_per_day=sessions, extra_p=extra_p,
-            active_until=active_until, cities=np.array(cities), city_p=city_p, home_ips=home_ips,
+            active_until=NEVER, cities=np.array(cities), city_p=city_p, home_ips=home_ips,
             ip_change_day=ip_change, other_ips=other_ips, devices=np.array(devices), device_p=device_p,
             upgrade_lag=int(rng.integers(0, 10)),
             phone_model=vocab.PHONE_MODELS[int(rng.integers(len(vocab.PHONE_MODELS)))],
@@ -260,9 +258,16 @@ def build_people(cfg: RosterConfig, rng: np.random.Generator, prefixes: np.ndarr
             azure_clients=clients, azure_fail_codes=az_codes, azure_fail_rate=float(rng.uniform(0.02, 0.07)),
             noninteractive_share=float(rng.uniform(0.1, 0.45)), managed=managed,
         )
-        if volume != "sparse" and not dormant and rng.random() < 0.1:
+        if volume != "sparse" and rng.random() < 0.1:
             days = int(rng.integers(2, 5))
             pool = np.concatenate([TRAVEL_IDS, CUSTOMER_IDS])
             person.trips.append((int(rng.integers(1, max(2, cfg.train_days - days - 3))), days, int(rng.choice(pool))))
         people.append(person)
+    # People whose activity stopped more than ten days before training ends (leave, a finished
+    # project): a tenth of the roster, at least two, so small sets have dormant accounts too.
+    regular = [u for u, p in enumerate(people) if p.volume == "regular" and not p.rotating]
+    for u in rng.permutation(regular)[: max(2, round(DORMANT_SHARE * len(people)))].tolist():
+        p = people[u]
+        p.active_until = cfg.train_days - int(rng.integers(11, 17))
+        p.trips = [t for t in p.trips if t[0] + t[1] <= p.active_until]
     return people
