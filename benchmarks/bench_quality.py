@@ -5,6 +5,9 @@ Sets (each reported apart):
 - ``default-duo`` / ``default-azure``: `dfp-ray datagen` (the default generator);
 - ``habits-duo`` / ``habits-azure``: `dfp-ray datagen --family habits` (another generator: other
   archetypes and vocabularies, rare-but-normal events, single-feature attacks);
+- ``roster-duo`` / ``roster-azure``: `dfp-ray datagen --family roster` (a third generator, written
+  without looking at the detector: a distributed workforce in six zones, sessions, heavy-tailed
+  volume, dormant accounts; attacks changing one or two features);
 - ``lanl``: the real LANL authentication sample (days 0-1 train, day 2 infers): flagged share
   of day-2 events and the share of detections owned by the top user;
 - ``lanl+redteam``: the same with the LANL red-team authentications of trained users replayed
@@ -30,7 +33,7 @@ settings of ``configs/<source>.yaml`` (LANL: ``min_train_rows: 100``). The user 
 set are pooled for their thresholds as one user actor's call pools them.
 
     python benchmarks/bench_quality.py [--sets default-duo,habits-duo,lanl,...] [--profiles ours,morpheus]
-                                       [--users 20] [--habits-users 72] [--lanl PATH]
+                                       [--users 20] [--habits-users 72] [--roster-users 72] [--lanl PATH]
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ALL_SETS = ("default-duo", "default-azure", "habits-duo", "habits-azure", "lanl", "lanl+redteam")
+ALL_SETS = ("default-duo", "default-azure", "habits-duo", "habits-azure", "roster-duo", "roster-azure", "lanl",
+            "lanl+redteam")
 ROOT = Path(__file__).resolve().parents[1]
 LANL_DIR = ROOT.parent / "shared" / "data" / "lanl"
 
@@ -89,6 +93,8 @@ def morpheus_params():
 def load_set(name: str, work: Path, args, schema_for):
     from dfp_ray.tools import quality as Q
     from dfp_ray.tools.datagen import DatagenConfig, generate
+    from dfp_ray.tools.roster import RosterConfig
+    from dfp_ray.tools.roster import generate as generate_roster
     from dfp_ray.tools.scenarios import HabitsConfig
     from dfp_ray.tools.scenarios import generate as generate_habits
 
@@ -101,6 +107,9 @@ def load_set(name: str, work: Path, args, schema_for):
     if not (folder / source).exists():
         if family == "default":
             generate(DatagenConfig(out=str(folder), sources=[source], users=args.users, seed=args.seed), progress=False)
+        elif family == "roster":
+            generate_roster(RosterConfig(out=str(folder), sources=[source], users=args.roster_users,
+                                         attack_fraction=0.5, seed=args.seed))
         else:
             generate_habits(HabitsConfig(out=str(folder), sources=[source], users=args.habits_users,
                                          attack_fraction=0.5, seed=args.seed))
@@ -200,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", default="ours,morpheus")
     parser.add_argument("--users", type=int, default=20, help="users of the default-generator sets (Morpheus's size)")
     parser.add_argument("--habits-users", type=int, default=72, help="users of the habits sets")
+    parser.add_argument("--roster-users", type=int, default=72, help="users of the roster sets")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lanl", default=str(LANL_DIR), help="folder with the LANL sample and red-team file")
     parser.add_argument("--set", action="append", dest="overrides", default=[], metavar="KEY=VALUE",
