@@ -28,6 +28,7 @@ BENCHMARKS = [
     ("bench_stream.py", False),
     ("bench_registry_db.py", False),
     ("bench_register.py", False),
+    ("bench_pool_train.py", False),
 ]
 
 
