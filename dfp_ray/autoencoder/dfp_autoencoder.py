@@ -582,6 +582,10 @@ def fit_many(
             groups.setdefault(key, []).append(i)
         size = max(1, group_size)
         for members in groups.values():
+            # a group's steps are as wide as its largest member's batch (the others are padded):
+            # neighbours in row count share a group, so little of a step is padding (in the
+            # order given, a 150-row user shared 105-row steps with an 840-row one: 5x the work)
+            members.sort(key=lambda i: len(states[i].train))
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
                 began = time.perf_counter()
