@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import tempfile
 import threading
 import time
@@ -71,13 +70,6 @@ def _as_utc(when: datetime | pd.Timestamp) -> datetime:
     ts = pd.Timestamp(when)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
     return ts.to_pydatetime()
-
-
-_METRIC_SAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def _metric_key(*parts: str) -> str:
-    return "/".join(_METRIC_SAFE.sub("_", p) for p in parts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -656,9 +648,13 @@ class ModelRegistry:
     def training_curves(self, ref: ModelRef) -> dict[str, Any] | None:
         """The per-epoch losses of the training that made ``ref``: ``{"epoch": [1, ..., n],
         "train_loss": [...], "val_loss": [...] (empty without validation rows), "best_epoch",
-        "best_val_loss"}``, read from the version's ``training_curves.json``. Versions
-        registered before that file existed are read from their stepped metrics
-        ``epoch_train_loss``/``epoch_val_loss`` (same keys, best_* None); None when neither exists."""
+        "best_val_loss", "train_feature_loss": {feature: loss}, "val_feature_loss": {...}}``
+        (the final model's mean loss per feature on its training and validation rows), read from
+        the version's ``training_curves.json``. Versions registered before the per-feature
+        losses moved into that file have no ``*_feature_loss`` keys (their run holds them as
+        metrics ``train_loss/<feature>``, ``val_loss/<feature>``); versions registered before
+        the file existed are read from their stepped metrics ``epoch_train_loss``/
+        ``epoch_val_loss`` (the first five keys, best_* None); None when neither exists."""
         try:
             location = self.client.get_model_version_download_uri(ref.name, ref.version)
             local = _local_path(location)
@@ -725,14 +721,17 @@ def _param_value(value: Any) -> str:
 
 
 def _training_curves(report: TrainingReport) -> dict[str, Any]:
-    """The per-epoch losses as :data:`CURVES_ARTIFACT` holds them (one small JSON file instead
-    of one metric row per epoch and curve: those rows were the largest part of a registration)."""
+    """The per-epoch losses and the final per-feature losses as :data:`CURVES_ARTIFACT` holds
+    them (one small JSON file instead of one metric row per epoch and curve, and two per
+    feature: those rows were the largest part of a registration's database work)."""
     return {
         "epoch": list(range(1, len(report.train_loss) + 1)),
         "train_loss": [float(v) for v in report.train_loss],
         "val_loss": [float(v) for v in report.val_loss],
         "best_epoch": report.best_epoch,
         "best_val_loss": report.best_val_loss,
+        "train_feature_loss": {str(f): float(v) for f, v in report.train_feature_loss.items()},
+        "val_feature_loss": {str(f): float(v) for f, v in report.val_feature_loss.items()},
     }
 
 
@@ -760,8 +759,8 @@ def _abandon(client: Any, run_id: str, model_id: str | None = None) -> None:
 
 
 def _training_metrics(report: TrainingReport) -> list[tuple[str, float, int]]:
-    """(key, value, step): final and per-feature losses, all at step 0 (the epoch curves are
-    in :data:`CURVES_ARTIFACT`)."""
+    """(key, value, step): the final losses, all at step 0 (the epoch curves and the per-feature
+    losses are in :data:`CURVES_ARTIFACT`)."""
     out: list[tuple[str, float, int]] = []
     if report.train_loss:
         out.append(("train_loss", report.train_loss[-1], 0))
@@ -770,7 +769,5 @@ def _training_metrics(report: TrainingReport) -> list[tuple[str, float, int]]:
     if report.best_val_loss is not None:
         out.append(("best_val_loss", report.best_val_loss, 0))
     out += [("epochs_run", report.epochs_run, 0), ("train_seconds", report.seconds, 0)]
-    out += [(_metric_key("train_loss", f), v, 0) for f, v in report.train_feature_loss.items()]
-    out += [(_metric_key("val_loss", f), v, 0) for f, v in report.val_feature_loss.items()]
     return out
 
