@@ -1,6 +1,7 @@
 """End-to-end pipeline benchmark: raw JSON files -> detections file, on a warm Ray pipeline.
 
-Two parts, each on data from `dfp-ray datagen` and the embedded sqlite MLflow:
+Two parts, each on generated data (`dfp-ray datagen`; the growth table also on `--family habits` or
+`roster`, whose users vary from a few rows to over a thousand) and the embedded sqlite MLflow:
 
 1. Growth table, for a few sizes (users x days; the last 2 days are inference): training wall
    time (payload, generic + individual models, registered) and inference events/s. The first
@@ -19,6 +20,7 @@ router (load = read + parse + map; infer = split, score, detections written and 
     python benchmarks/bench_pipeline.py [--sizes 20x31,100x31,1000x31] [--throughput 100x30x20]
                                         [--compare rows:autoencoder.width_rule=rows]
                                         [--source duo] [--set autoencoder.precision=bf16]
+                                        [--family habits]
 """
 
 from __future__ import annotations
@@ -47,7 +49,19 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
           "train_days": train_days, "infer_days": infer_days, "seed": 11}
     if events:
         kw["events_per_user_per_day"] = events
-    generate(DatagenConfig(**kw), progress=False)
+    family = "default" if events else args.family  # the throughput set's volume is the default generator's option
+    if family == "habits":
+        from dfp_ray.tools.scenarios import HabitsConfig
+        from dfp_ray.tools.scenarios import generate as generate_habits
+
+        generate_habits(HabitsConfig(**kw))
+    elif family == "roster":
+        from dfp_ray.tools.roster import RosterConfig
+        from dfp_ray.tools.roster import generate as generate_roster
+
+        generate_roster(RosterConfig(**kw))
+    else:
+        generate(DatagenConfig(**kw), progress=False)
     cfg = load_config(None, {"source": args.source, "state_dir": str(work / "state"),
                              "output.directory": str(work / "out"), "cache_loaded_files": False,
                              "input.data_roots": [str(work)], **extra, **overrides_from_strings(args.overrides)})
@@ -135,6 +149,10 @@ def main() -> None:
     ap.add_argument("--throughput", default="100x30x20",
                     help="throughput set: users x inference days x events per user per day; '' skips it")
     ap.add_argument("--source", default="duo", choices=["duo", "azure"])
+    ap.add_argument("--family", default="default", choices=["default", "habits", "roster"],
+                    help="generator of the growth table's data: dfp-ray datagen (default; users alike in "
+                    "volume), --family habits or --family roster (heavy-tailed volume: users from a few "
+                    "to over a thousand rows). The throughput set always uses the default generator")
     ap.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
                     help="config override, e.g. --set autoencoder.precision=bf16 (repeatable)")
     ap.add_argument("--repeat-infer", type=int, default=3, help="inference repetitions (best is reported)")
@@ -179,6 +197,7 @@ def main() -> None:
                 print(f"{r['profile']} vs defaults at {r['users']} users: training {ref['train_s'] / r['train_s']:.2f}x "
                       f"faster ({r['train_s']} s vs {ref['train_s']} s)")
         first = rows[0]  # the defaults at the first size
+    if rows and args.family == "default":  # Morpheus's figures are for its example data, like datagen's
         ref_t, ref_i = MORPHEUS_GPU_TRAIN_S[args.source], MORPHEUS_GPU_INFER_S[args.source]
         print(f"\ntraining, {first['users']} users: {first['train_s']} s vs Morpheus GPU {ref_t} s "
               f"(ratio {ref_t / first['train_s']:.2f}x; target: < {ref_t} s)")
