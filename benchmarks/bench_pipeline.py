@@ -64,7 +64,7 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
         generate(DatagenConfig(**kw), progress=False)
     cfg = load_config(None, {"source": args.source, "state_dir": str(work / "state"),
                              "output.directory": str(work / "out"), "cache_loaded_files": False,
-                             "input.data_roots": [str(work)], **extra, **overrides_from_strings(args.overrides)})
+                             "input.data_roots": [str(work)], **overrides_from_strings(args.overrides), **extra})
     pipe = Pipeline(cfg)
     msgs = work / "data" / "control_messages"
     try:
@@ -85,8 +85,8 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
     reg_ms = sorted(1000 * t.register_seconds for t in trained if t.register_seconds is not None)
     generic = [t.fit_seconds for t in trained if t.generic and t.fit_seconds is not None]
     return {
-        "fit_ms_p50": round(_pct(fit_ms, 50)), "fit_ms_p95": round(_pct(fit_ms, 95)),
-        "register_ms_p50": round(_pct(reg_ms, 50)), "generic_s": round(generic[0], 2) if generic else None,
+        "fit_ms_p50": _round(_pct(fit_ms, 50)), "fit_ms_p95": _round(_pct(fit_ms, 95)),
+        "register_ms_p50": _round(_pct(reg_ms, 50)), "generic_s": round(generic[0], 2) if generic else None,
         "peak_rss_mb": peak_rss_mb,
         "users": users, "days": train_days + infer_days, "train_rows": train.rows,
         "train_s": round(train.seconds, 2), "models": train.users_trained,
@@ -97,6 +97,11 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
         "infer_load_s": round(stages.load, 3), "infer_score_s": round(stages.infer, 3),
         "detections": best.detections,
     }
+
+
+def _round(value: float) -> int | None:
+    """None where nothing was measured (e.g. no per-user fits with train_users=generic)."""
+    return None if value != value else round(value)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -158,7 +163,8 @@ def main() -> None:
     ap.add_argument("--repeat-infer", type=int, default=3, help="inference repetitions (best is reported)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="also run the growth table with these overrides, side by side with the defaults, e.g. "
-                    "--compare rows:autoencoder.width_rule=rows (repeatable)")
+                    "--compare rows:autoencoder.width_rule=rows (repeatable; applied after --set, so a "
+                    "profile's own value wins)")
     args = ap.parse_args()
 
     profiles: list[tuple[str, dict]] = [("defaults", {})]
