@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -101,7 +102,7 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
 
 def _round(value: float) -> int | None:
     """None where nothing was measured (e.g. no per-user fits with train_users=generic)."""
-    return None if value != value else round(value)
+    return None if math.isnan(value) else round(value)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -203,12 +204,12 @@ def main() -> None:
                 print(f"{r['profile']} vs defaults at {r['users']} users: training {ref['train_s'] / r['train_s']:.2f}x "
                       f"faster ({r['train_s']} s vs {ref['train_s']} s)")
         first = rows[0]  # the defaults at the first size
-    if rows and args.family == "default":  # Morpheus's figures are for its example data, like datagen's
-        ref_t, ref_i = MORPHEUS_GPU_TRAIN_S[args.source], MORPHEUS_GPU_INFER_S[args.source]
-        print(f"\ntraining, {first['users']} users: {first['train_s']} s vs Morpheus GPU {ref_t} s "
-              f"(ratio {ref_t / first['train_s']:.2f}x; target: < {ref_t} s)")
-        print(f"inference, {first['users']} users: {first['infer_s']} s vs Morpheus GPU {ref_i} s "
-              f"(ratio {ref_i / first['infer_s']:.2f}x)")
+        if args.family == "default":  # Morpheus's figures are for its example data, like datagen's
+            ref_t, ref_i = MORPHEUS_GPU_TRAIN_S[args.source], MORPHEUS_GPU_INFER_S[args.source]
+            print(f"\ntraining, {first['users']} users: {first['train_s']} s vs Morpheus GPU {ref_t} s "
+                  f"(ratio {ref_t / first['train_s']:.2f}x; target: < {ref_t} s)")
+            print(f"inference, {first['users']} users: {first['infer_s']} s vs Morpheus GPU {ref_i} s "
+                  f"(ratio {ref_i / first['infer_s']:.2f}x)")
     if tput:
         print(f"\nthroughput set: {tput['users']} users, {tput['infer_events']:,} inference events, "
               f"{tput['models']} models")

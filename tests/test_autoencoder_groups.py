@@ -44,17 +44,17 @@ def both_ways(params: AutoencoderParams, group_size: int = 8):
     return data, alone, alone_reports, grouped, grouped_reports
 
 
-@pytest.mark.parametrize("optimizer", [
-    dict(optimizer="adam"),
-    dict(optimizer="adam", group_size=2),  # groups of users near in row count, not in the order given
-    dict(optimizer="sgd", momentum=0.5, weight_decay=0.01, learning_rate=0.01),
-    dict(optimizer="adam", epochs=60, learning_rate=0.01, early_stopping_patience=2),  # users stop apart
+@pytest.mark.parametrize(("optimizer", "group_size"), [
+    (dict(optimizer="adam"), 8),
+    (dict(optimizer="adam"), 2),  # groups of users near in row count, not in the order given
+    (dict(optimizer="sgd", momentum=0.5, weight_decay=0.01, learning_rate=0.01), 8),
+    (dict(optimizer="adam", epochs=60, learning_rate=0.01, early_stopping_patience=2), 8),  # users stop apart
 ])
-def test_a_grouped_fit_is_each_users_own_fit(optimizer):
+def test_a_grouped_fit_is_each_users_own_fit(optimizer, group_size):
     # fp32: the claim is equality up to summation order (bf16 rounds each product's inputs)
     params = AutoencoderParams(encoder_layers=[32, 16], decoder_layers=[32], device="cpu", seed=3,
-                               precision="fp32", **{k: v for k, v in optimizer.items() if k != "group_size"})
-    data, alone, alone_reports, grouped, grouped_reports = both_ways(params, optimizer.get("group_size", 8))
+                               precision="fp32", **optimizer)
+    data, alone, alone_reports, grouped, grouped_reports = both_ways(params, group_size)
     for a, g, ra, rg, frame in zip(alone, grouped, alone_reports, grouped_reports, data, strict=False):
         assert (rg.epochs_run, rg.best_epoch, rg.stopped_early, rg.restored_best) == (
             ra.epochs_run, ra.best_epoch, ra.stopped_early, ra.restored_best)

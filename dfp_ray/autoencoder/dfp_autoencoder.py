@@ -584,7 +584,9 @@ def fit_many(
         for members in groups.values():
             # a group's steps are as wide as its largest member's batch (the others are padded):
             # neighbours in row count share a group, so little of a step is padding (in the
-            # order given, a 150-row user shared 105-row steps with an 840-row one: 5x the work)
+            # order given, a 150-row user shared 105-row steps with an 840-row one: 5x the work).
+            # The pipeline's UserController.train_parts cuts its own chunks largest first for the
+            # same reason; this covers every other caller (train_models, the quality tools).
             members.sort(key=lambda i: len(states[i].train))
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
