@@ -152,8 +152,12 @@ class DFPAutoencoder:
         params: AutoencoderParams | None = None,
         numeric_scale: dict[str, float] | None = None,
         category_min_count: dict[str, int] | None = None,
+        above_only: list[str] | None = None,
     ) -> None:
         _check_features(categorical, numeric, binary)
+        stray = [f for f in (above_only or []) if f not in numeric]
+        if stray:
+            raise ValueError(f"above_only names {stray}, which are not numeric features ({list(numeric)})")
         categorical, numeric, binary = list(categorical), list(numeric), list(binary)
         if params is not None and not isinstance(params, AutoencoderParams):
             raise TypeError(f"params must be an AutoencoderParams, got {type(params).__name__}")
@@ -178,6 +182,8 @@ class DFPAutoencoder:
         self.numeric_scale = {c: float(v) for c, v in (numeric_scale or {}).items() if c in numeric}
         # Per categorical column: values rarer than this in training share the "other" class.
         self.category_min_count = {c: int(v) for c, v in (category_min_count or {}).items() if c in categorical}
+        # Numeric features whose z counts only above the prediction (see trainer.LossStatistics).
+        self.above_only = [f for f in numeric if f in set(above_only or [])]
         # Held-out and in-sample score distributions (see calibration.py); None until fitted.
         self.calibration: Calibration | None = None
 
@@ -238,7 +244,13 @@ class DFPAutoencoder:
             return False
         return choice == "onednn" or kernels.onednn_is_faster()
 
+    def _above_mask(self) -> np.ndarray | None:
+        if not self.above_only:
+            return None
+        return np.array([f in self.above_only for f in self.feature_columns], dtype=bool)
+
     def _set_stats(self, stats: LossStatistics) -> None:
+        stats.above_only = self._above_mask()
         self._stats = stats
         assert stats.scale is not None
         self.loss_stats = {
@@ -360,6 +372,7 @@ class DFPAutoencoder:
         network, train, val, device = state.network, state.train, state.val, state.device
         stats = loss_statistics(network, train, p.eval_batch_size, device, p.precision)
         stats.scale = robust_scale(stats.std, p.loss_std_floor, self._prior_std(prior), len(train), p.prior_rows)
+        stats.above_only = self._above_mask()  # before calibration: held-out rows score as new ones will
         holdout = (
             raw_scores(network, val, stats, p.eval_batch_size, device, p.precision) if val is not None else np.empty(0)
         )
@@ -480,7 +493,9 @@ class DFPAutoencoder:
         metadata: dict[str, Any] = model_io.read_metadata(path)
         params = AutoencoderParams.model_validate({**metadata["params"], "device": device})
         features = metadata["features"]
-        model = cls(features["categorical"], features["numeric"], features["binary"], params)
+        # models saved before above_only score every feature two-sided
+        model = cls(features["categorical"], features["numeric"], features["binary"], params,
+                    above_only=features.get("above_only", []))
         encoder = FeatureEncoder.from_dict(metadata["encoder"])
         with torch.device("meta"):  # no random init (and no global RNG use) for weights we overwrite
             # saved with the model; models from before low-rank heads have full ones

@@ -60,6 +60,7 @@ def save_model(model: DFPAutoencoder, path: str | os.PathLike) -> None:
             "numeric": model.numeric,
             "binary": model.binary,
             "order": model.feature_columns,
+            "above_only": model.above_only,
         },
         "encoder": model.encoder.to_dict(),
         "embedding_dims": model.embedding_dims,

@@ -3,7 +3,8 @@
 Output columns (REFERENCE A5), for every feature f in ``feature_columns`` order:
 ``<f>_loss``, ``<f>_z_loss`` = |(loss - mean_f) / scale_f|, ``<f>_pred``; then ``max_abs_z`` and
 ``mean_abs_z`` over the features. ``scale_f`` is Morpheus's std, floored (see
-``trainer.robust_scale``). With a threshold (a calibrated model): ``alert_threshold``,
+``trainer.robust_scale``). An ``above_only`` feature (the schema's per-day counters by default)
+has z 0 where its value is below ``<f>_pred``. With a threshold (a calibrated model): ``alert_threshold``,
 ``anomaly_score`` = ``mean_abs_z / alert_threshold`` and ``threshold_source``. Predictions: numeric in original units; binary as bool
 (probability >= 0.5); categorical as the most likely KNOWN class (the "other" class is skipped,
 as dfencoder does, unless the column has no known class).
@@ -25,10 +26,15 @@ from .model import DFPNetwork
 from .trainer import LossStatistics, eval_mode, iter_feature_losses
 
 
-def z_scores(losses: np.ndarray, stats: LossStatistics) -> np.ndarray:
-    """|loss - mean| / scale per feature (float64 [rows, n_features])."""
+def z_scores(losses: np.ndarray, stats: LossStatistics, below: np.ndarray | None = None) -> np.ndarray:
+    """|loss - mean| / scale per feature (float64 [rows, n_features]); 0 for an ``above_only``
+    feature where ``below`` (bool [rows, n_numeric]) says the value was under the prediction."""
     assert stats.scale is not None
-    return np.abs((losses.astype(np.float64) - stats.mean.numpy()) / stats.scale.numpy())
+    z = np.abs((losses.astype(np.float64) - stats.mean.numpy()) / stats.scale.numpy())
+    if below is not None and stats.above_only is not None and below.shape[1]:
+        n_num = below.shape[1]
+        z[:, :n_num][below & stats.above_only[:n_num]] = 0.0
+    return z
 
 
 def raw_scores(
@@ -38,8 +44,8 @@ def raw_scores(
     """``mean_abs_z`` of every row of ``frame`` (float64), losses only: used for calibration."""
     out = np.empty(len(frame), dtype=np.float64)
     with eval_mode(network), torch.inference_mode():
-        for start, stop, _, losses in iter_feature_losses(network, frame, batch_size, device, precision):
-            out[start:stop] = z_scores(losses.cpu().numpy(), stats).mean(axis=1)
+        for start, stop, _, losses, below in iter_feature_losses(network, frame, batch_size, device, precision):
+            out[start:stop] = z_scores(losses.cpu().numpy(), stats, below.cpu().numpy()).mean(axis=1)
     return out
 
 
@@ -76,13 +82,15 @@ def score_encoded(
     num_pred = np.empty((n, n_num), dtype=np.float32)
     bin_pred = np.empty((n, n_bin), dtype=bool)
     cat_pred = np.empty((n, n_cat), dtype=np.int64)
+    below = np.empty((n, n_num), dtype=bool)
     offsets = network.offsets
     network.eval()
     with torch.inference_mode():
-        for start, stop, (numeric, binary, logits), batch_losses in iter_feature_losses(
+        for start, stop, (numeric, binary, logits), batch_losses, batch_below in iter_feature_losses(
             network, frame, batch_size, device, precision
         ):
             losses[start:stop] = batch_losses.cpu().numpy()
+            below[start:stop] = batch_below.cpu().numpy()
             if n_num:
                 num_pred[start:stop] = numeric.float().cpu().numpy()
             if n_bin:
@@ -98,7 +106,7 @@ def score_encoded(
                 cat_pred[start:stop] = torch.stack(codes, dim=1).cpu().numpy()
 
     loss64 = losses.astype(np.float64)
-    z = z_scores(loss64, stats)
+    z = z_scores(loss64, stats, below)
     numeric_values = encoder.inverse_numeric(num_pred) if n_num else num_pred
     columns: dict[str, np.ndarray] = {}
     for j, feature in enumerate(encoder.feature_columns):

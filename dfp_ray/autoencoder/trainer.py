@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
@@ -72,11 +73,16 @@ class LossStatistics:
     divides by: ``max(std, floor)`` (see :func:`robust_scale`), so a feature whose training
     loss hardly varied cannot turn one small change into a z of hundreds. A model saved before
     scales existed loads with ``scale = std``.
+
+    ``above_only`` marks numeric features whose z counts only when the observed value is above
+    the model's prediction (per-day counters: fewer events or fewer distinct values than
+    expected is not a sign of misuse); a row below the prediction gets z 0 for that feature.
     """
 
     mean: torch.Tensor  # float64 [n_features], CPU
     std: torch.Tensor  # float64 [n_features], CPU
     scale: torch.Tensor | None = None  # float64 [n_features], CPU; None = std
+    above_only: np.ndarray | None = None  # bool [n_features]; None = every z two-sided
 
     def __post_init__(self) -> None:
         if self.scale is None:
@@ -183,8 +189,9 @@ def iter_feature_losses(
     batch_size: int,
     device: torch.device,
     precision: str,
-) -> Iterator[tuple[int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """Yield ``(start, stop, outputs, losses[rows, n_features])`` for unswapped rows, in batches.
+) -> Iterator[tuple[int, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, stop, outputs, losses[rows, n_features], below[rows, n_numeric])`` for
+    unswapped rows, in batches; ``below``: the observed numeric value is under the prediction.
 
     The caller must hold ``torch.inference_mode()``; memory is bounded by ``batch_size``.
     """
@@ -193,7 +200,8 @@ def iter_feature_losses(
         part = frame.rows(start, stop).to(device)
         with autocast(device, precision):
             outputs = network(part.codes, part.dense)
-        yield start, stop, outputs, network.feature_losses(outputs, part.codes, part.dense)
+        below = part.dense[:, : network.n_numeric] < outputs[0].float()
+        yield start, stop, outputs, network.feature_losses(outputs, part.codes, part.dense), below
 
 
 @contextlib.contextmanager
@@ -226,7 +234,7 @@ def mean_feature_losses(
             losses = network.feature_losses(outputs, part.codes, part.dense)
             return losses.mean(dim=0, dtype=torch.float64).cpu()
         total = torch.zeros(network.n_features, dtype=torch.float64, device=device)
-        for _, _, _, losses in iter_feature_losses(network, frame, batch_size, device, precision):
+        for _, _, _, losses, _ in iter_feature_losses(network, frame, batch_size, device, precision):
             total += losses.sum(dim=0, dtype=torch.float64)
     return (total / max(len(frame), 1)).cpu()
 
@@ -243,7 +251,7 @@ def loss_statistics(
     mean = torch.zeros(network.n_features, dtype=torch.float64, device=device)
     m2 = torch.zeros_like(mean)
     with eval_mode(network), torch.inference_mode():
-        for start, stop, _, losses in iter_feature_losses(network, frame, batch_size, device, precision):
+        for start, stop, _, losses, _ in iter_feature_losses(network, frame, batch_size, device, precision):
             losses = losses.double()
             n_b = stop - start
             mean_b = losses.mean(dim=0)

@@ -102,5 +102,5 @@ def _new_model(schema: SourceSchema, params: AutoencoderParams) -> DFPAutoencode
     return DFPAutoencoder(
         categorical=schema.features.categorical, numeric=schema.features.numeric,
         binary=schema.features.binary, params=params, numeric_scale=schema.numeric_scales(),
-        category_min_count=schema.features.min_count,
+        category_min_count=schema.features.min_count, above_only=schema.above_only_features(),
     )

@@ -163,6 +163,13 @@ class FeatureSpec(BaseModel):
         "open vocabularies (host names, IP-derived values) where something new is ordinary; default 1 (every "
         "value seen in training is its own class).",
     )
+    above_only: list[str] | None = Field(
+        None,
+        description="Numeric features whose z-score counts only when the observed value is above the "
+        "model's prediction (z 0 below it). Default (unset): the schema's counters, because fewer events or "
+        "fewer distinct values so far today than the model expects is not a sign of misuse, yet scores as "
+        "one. [] gives Morpheus's two-sided z on every feature.",
+    )
 
     @model_validator(mode="after")
     def _counts_of_categoricals(self) -> FeatureSpec:
@@ -172,6 +179,9 @@ class FeatureSpec(BaseModel):
         bad = [c for c, n in self.min_count.items() if n < 1]
         if bad:
             raise ValueError(f"features.min_count must be >= 1, got {bad}")
+        stray = [c for c in self.above_only or [] if c not in self.numeric]
+        if stray:
+            raise ValueError(f"features.above_only names {stray}, which are not numeric features")
         return self
 
     @property
@@ -237,6 +247,13 @@ class SourceSchema(BaseModel):
             if t.kind != "weekend":
                 scales.update({col: t.unit for col in t.columns})
         return {k: v for k, v in scales.items() if k in self.features.numeric}
+
+    def above_only_features(self) -> list[str]:
+        """Numeric features scored one-sided (``features.above_only``; unset: the counters)."""
+        if self.features.above_only is not None:
+            return list(self.features.above_only)
+        counters = {c.name for c in self.counters}
+        return [f for f in self.features.numeric if f in counters]
 
     def feature_groups(self) -> dict[str, tuple[str, list[str]]]:
         """Features explained together: ``<name>_sin``/``<name>_cos`` -> (name, kind, columns)."""
