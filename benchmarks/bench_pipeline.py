@@ -44,25 +44,14 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
               extra: dict, repeat: int) -> dict:
     from dfp_ray.config import load_config, overrides_from_strings
     from dfp_ray.runner import Pipeline, run
-    from dfp_ray.tools.datagen import DatagenConfig, generate
+    from dfp_ray.tools.families import generate_family
 
     kw = {"out": str(work / "data"), "sources": [args.source], "users": users,
           "train_days": train_days, "infer_days": infer_days, "seed": 11}
     if events:
         kw["events_per_user_per_day"] = events
     family = "default" if events else args.family  # the throughput set's volume is the default generator's option
-    if family == "habits":
-        from dfp_ray.tools.scenarios import HabitsConfig
-        from dfp_ray.tools.scenarios import generate as generate_habits
-
-        generate_habits(HabitsConfig(**kw))
-    elif family == "roster":
-        from dfp_ray.tools.roster import RosterConfig
-        from dfp_ray.tools.roster import generate as generate_roster
-
-        generate_roster(RosterConfig(**kw))
-    else:
-        generate(DatagenConfig(**kw), progress=False)
+    generate_family(family, **kw)
     cfg = load_config(None, {"source": args.source, "state_dir": str(work / "state"),
                              "output.directory": str(work / "out"), "cache_loaded_files": False,
                              "input.data_roots": [str(work)], **overrides_from_strings(args.overrides), **extra})

@@ -92,11 +92,7 @@ def morpheus_params():
 
 def load_set(name: str, work: Path, args, schema_for):
     from dfp_ray.tools import quality as Q
-    from dfp_ray.tools.datagen import DatagenConfig, generate
-    from dfp_ray.tools.roster import RosterConfig
-    from dfp_ray.tools.roster import generate as generate_roster
-    from dfp_ray.tools.scenarios import HabitsConfig
-    from dfp_ray.tools.scenarios import generate as generate_habits
+    from dfp_ray.tools.families import generate_family
 
     if name.startswith("lanl"):
         sample = Path(args.lanl) / "lanl_auth_sample_days0-2_from_safekit.csv.gz"
@@ -105,14 +101,12 @@ def load_set(name: str, work: Path, args, schema_for):
     family, source = name.split("-")
     folder = work / name
     if not (folder / source).exists():
+        options = {"out": str(folder), "sources": [source], "seed": args.seed}
         if family == "default":
-            generate(DatagenConfig(out=str(folder), sources=[source], users=args.users, seed=args.seed), progress=False)
-        elif family == "roster":
-            generate_roster(RosterConfig(out=str(folder), sources=[source], users=args.roster_users,
-                                         attack_fraction=0.5, seed=args.seed))
-        else:
-            generate_habits(HabitsConfig(out=str(folder), sources=[source], users=args.habits_users,
-                                         attack_fraction=0.5, seed=args.seed))
+            options["users"] = args.users
+        else:  # half the users attacked: enough attack events per kind to read a recall from
+            options.update(users=args.roster_users if family == "roster" else args.habits_users, attack_fraction=0.5)
+        generate_family(family, **options)
     return Q.load_folder_set(name, folder, source, schema_for(source))
 
 

@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from dfp_ray.pipeline.training import too_few_rows, train_model, train_models
     from dfp_ray.schemas import load_schema
     from dfp_ray.tools import quality as Q
-    from dfp_ray.tools.scenarios import HabitsConfig
-    from dfp_ray.tools.scenarios import generate as generate_habits
+    from dfp_ray.tools.families import generate_family
 
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)
@@ -64,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     warm_params = cold_params.model_copy(update={"warm_start": "previous", **(
         {"warm_start_epochs": args.warm_epochs} if args.warm_epochs else {})})
     with tempfile.TemporaryDirectory(prefix="dfp_retrain_") as tmp:
-        generate_habits(HabitsConfig(out=tmp, sources=[args.source], users=args.users, attack_fraction=0.5,
-                                     seed=args.seed))
+        generate_family("habits", out=tmp, sources=[args.source], users=args.users, attack_fraction=0.5,
+                        seed=args.seed)
         qset = Q.load_folder_set(f"habits-{args.source}", tmp, args.source, load_schema(args.source))
     s = qset.schema
     times = pd.to_datetime(qset.train[s.time_column], utc=True)

@@ -372,3 +372,27 @@ def test_writes_to_s3_the_same_bytes_as_locally(moto_endpoint, tmp_path, monkeyp
     with pytest.raises(FileExistsError):
         generate(DatagenConfig(out="s3://dfp-data/synthetic", storage_options=options, **cfg), progress=False)
     assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+
+
+def test_families_by_name_share_one_entry_point(tmp_path):
+    from dfp_ray.tools.families import FAMILIES, generate_family, make_config
+
+    assert FAMILIES == ("default", "habits", "roster")
+    with pytest.raises(ValueError, match="unknown data family 'nope': use one of default, habits, roster"):
+        generate_family("nope", out=str(tmp_path))
+    with pytest.raises(TypeError, match="family 'roster' takes a RosterConfig, got HabitsConfig"):
+        generate_family("roster", make_config("habits", out=str(tmp_path)))
+    summary = generate_family("roster", out=str(tmp_path / "r"), sources=["duo"], users=12, seed=3)
+    assert (tmp_path / "r" / "duo").is_dir() and summary.model_dump()
+
+
+@pytest.mark.parametrize("family", ["habits", "roster"])
+def test_cli_other_families_write_and_name_a_bad_option(family, tmp_path, capsys):
+    out = tmp_path / family
+    args = ["datagen", "--family", family, "--out", str(out), "--sources", "azure", "--users", "12", "--json"]
+    assert cli_main(args) == 0
+    assert json.loads(capsys.readouterr().out)  # the family's summary
+    assert (out / "azure").is_dir() and not (out / "duo").exists()
+    assert cli_main(args) == 1 and "--overwrite" in capsys.readouterr().err
+    assert cli_main([*args[:-3], "--users", "-1", "--overwrite"]) == 2
+    assert f"--family {family}: users:" in capsys.readouterr().err

@@ -133,36 +133,17 @@ def _storage_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _run_habits(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from dfp_ray.tools.scenarios import HabitsConfig, generate
-
+def _habits_options(args: argparse.Namespace) -> dict:
     options = {"out": args.out, "sources": args.sources, "users": args.users, "train_days": args.train_days,
                "infer_days": args.infer_days, "attack_fraction": args.anomaly_fraction, "seed": args.seed}
     if args.start_date != dt.date(2022, 8, 1):
         options["start_date"] = args.start_date
-    try:
-        config = HabitsConfig(**options)
-        summary = generate(config, overwrite=args.overwrite)
-    except ValidationError as exc:
-        for err in exc.errors():
-            print(f"dfp-ray datagen --family habits: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
-        return 2
-    except FileExistsError as exc:
-        print(f"dfp-ray datagen: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary.model_dump(), indent=2) if args.json else summary.text())
-    return 0
+    return options
 
 
-def _run_roster(args: argparse.Namespace) -> int:
-    """``--family roster``: options the user set are passed on; the family's own defaults otherwise
-    (the default family's --train-days 29 / --infer-days 2 / start date are not the roster's)."""
-    from pydantic import ValidationError
-
-    from dfp_ray.tools.roster import RosterConfig, generate
-
+def _roster_options(args: argparse.Namespace) -> dict:
+    """Options the user set are passed on; the family's own defaults otherwise (the default
+    family's --train-days 29 / --infer-days 2 / start date are not the roster's)."""
     options = {"out": args.out, "sources": args.sources, "users": args.users,
                "attack_fraction": args.anomaly_fraction, "seed": args.seed}
     defaults = {"train_days": 29, "infer_days": 2, "start_date": dt.date(2022, 8, 1), "file_interval_hours": 3}
@@ -171,56 +152,49 @@ def _run_roster(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     if args.anomaly_kinds != _DEFAULT_KINDS:
         options["attack_kinds"] = args.anomaly_kinds
-    try:
-        config = RosterConfig(**options)
-        summary = generate(config, overwrite=args.overwrite)
-    except ValidationError as exc:
-        for err in exc.errors():
-            print(f"dfp-ray datagen --family roster: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
-        return 2
-    except FileExistsError as exc:
-        print(f"dfp-ray datagen: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary.model_dump(), indent=2) if args.json else summary.text())
-    return 0
+    return options
+
+
+def _default_options(args: argparse.Namespace) -> dict:
+    return dict(
+        out=args.out,
+        sources=args.sources,
+        users=args.users,
+        train_days=args.train_days,
+        infer_days=args.infer_days,
+        start_date=args.start_date,
+        events_per_user_per_day=args.events_per_user_per_day,
+        file_interval_hours=args.file_interval_hours,
+        anomaly_users=args.anomaly_users,
+        anomaly_fraction=args.anomaly_fraction,
+        anomaly_kinds=args.anomaly_kinds,
+        seed=args.seed,
+        storage_options=_storage_options(args),
+    )
+
+
+_OPTIONS = {"default": _default_options, "habits": _habits_options, "roster": _roster_options}
 
 
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    if getattr(args, "family", "default") == "habits":
-        return _run_habits(args)
-    if getattr(args, "family", "default") == "roster":
-        return _run_roster(args)
+    from dfp_ray.tools.families import generate_family, make_config
 
-    from dfp_ray.tools.datagen import DatagenConfig, generate
-
+    family = getattr(args, "family", "default")
+    label = "dfp-ray datagen" if family == "default" else f"dfp-ray datagen --family {family}"
     try:
-        config = DatagenConfig(
-            out=args.out,
-            sources=args.sources,
-            users=args.users,
-            train_days=args.train_days,
-            infer_days=args.infer_days,
-            start_date=args.start_date,
-            events_per_user_per_day=args.events_per_user_per_day,
-            file_interval_hours=args.file_interval_hours,
-            anomaly_users=args.anomaly_users,
-            anomaly_fraction=args.anomaly_fraction,
-            anomaly_kinds=args.anomaly_kinds,
-            seed=args.seed,
-            storage_options=_storage_options(args),
-        )
+        config = make_config(family, **_OPTIONS[family](args))
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "options"
-            print(f"dfp-ray datagen: {where}: {err['msg']}", file=sys.stderr)
+            print(f"{label}: {where}: {err['msg']}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"dfp-ray datagen: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = generate(config, overwrite=args.overwrite, progress=not args.no_progress)
+        summary = generate_family(family, config, overwrite=args.overwrite, progress=not args.no_progress)
     except FileExistsError as exc:
         print(f"dfp-ray datagen: {exc}", file=sys.stderr)
         return 1
