@@ -62,7 +62,8 @@ def shipped_config(source: str):
 
 def morpheus_schema(name: str):
     """The shipped schema with Morpheus's feature lists (no time, application or location
-    features, Azure browser versions kept): what the pipeline modelled before."""
+    features, Azure browser versions kept) and its two-sided z on every feature: what the
+    pipeline modelled before."""
     from dfp_ray.schemas import load_schema
 
     schema = load_schema(name)
@@ -72,12 +73,13 @@ def morpheus_schema(name: str):
         "azure": (["appDisplayName", "clientAppUsed", "deviceDetailbrowser", "deviceDetaildisplayName",
                    "deviceDetailoperatingSystem", "statusfailureReason"], [], ["appincrement", "locincrement", "logcount"]),
     }
-    if name not in morpheus:
-        return schema  # LANL: no Morpheus schema exists; the same features
-    cat, binary, num = morpheus[name]
     data = schema.model_dump()
+    if name not in morpheus:  # LANL: no Morpheus schema exists; the same features
+        data["features"]["above_only"] = []
+        return type(schema).model_validate(data)
+    cat, binary, num = morpheus[name]
     data["time_features"] = []
-    data["features"] = {"categorical": cat, "binary": binary, "numeric": num}
+    data["features"] = {"categorical": cat, "binary": binary, "numeric": num, "above_only": []}
     for field in data["fields"]:
         field["pattern"] = None
     return type(schema).model_validate(data)
