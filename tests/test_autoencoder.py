@@ -484,13 +484,18 @@ def test_bf16_precision_runs_and_stays_close(trained):
 
 def test_precision_auto_is_bf16_only_for_large_batches_where_the_cpu_multiplies_it_natively(trained, tmp_path):
     from dfp_ray.autoencoder import kernels
+    from dfp_ray.autoencoder.trainer import MIN_BF16_BATCH
 
+    native = "bf16" if kernels.cpu_has_native_bf16() else "fp32"
     _, report, _ = trained
     assert AutoencoderParams().precision == "auto"
-    assert report.precision == "fp32"  # 64-row batches: autocast's per-step weight casts would cost more
+    assert MIN_BF16_BATCH == 64
+    assert report.precision == native  # 64-row batches: bf16 pays from there
+    small = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(**SMALL, epochs=1))
+    # 200 rows, 180 trained: 23-row batches, where autocast's per-step weight casts cost more
+    assert small.fit(make_frame(200)).precision == "fp32"
     big = DFPAutoencoder(CATS, NUMS, BINS, AutoencoderParams(**{**SMALL, "batch_size": 512}, epochs=1))
     df = make_frame(4700)
-    native = "bf16" if kernels.cpu_has_native_bf16() else "fp32"
     assert big.fit(df).precision == big.params.precision == native
     assert big.requested_params.precision == "auto"
     big.save(tmp_path)

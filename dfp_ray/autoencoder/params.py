@@ -275,9 +275,9 @@ class AutoencoderParams(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Matrix-product precision. 'auto' (default): 'bf16' for fits whose batches have at "
-        "least 512 rows (the generic model, users with >= 4096 rows) where the device multiplies bfloat16 "
-        "natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16 support), 'fp32' everywhere else "
-        "(small batches lose: autocast casts every weight once per step). The precision a fit ran in is "
+        "least 64 rows (users with >= 512 training rows, the generic model) where the device multiplies "
+        "bfloat16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16 support), 'fp32' everywhere "
+        "else (small batches lose: autocast casts every weight once per step). The precision a fit ran in is "
         "stored with the model (its params, the TrainingReport, the registered 'precision_used' param); a "
         "bf16 model loaded where bf16 is not native scores in fp32. 'fp32' is exact and portable. 'bf16' runs the layers "
         "under bfloat16 autocast (weights, losses and the optimiser stay fp32): ~2x faster fits on "

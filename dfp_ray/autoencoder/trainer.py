@@ -137,7 +137,8 @@ def native_precision(device: torch.device) -> str:
     return "fp32"
 
 
-MIN_BF16_BATCH = 512  # bf16 autocast pays from here (2.1x on the generic model); at 16-row batches it lost 1.2x
+MIN_BF16_BATCH = 64  # bf16 autocast pays from here (docs/autoencoder.md, "Precision and the generic model");
+# below it the per-step weight casts cost what the faster products save (16-row batches lost 1.2x)
 
 
 def auto_precision(train_rows: int, params: AutoencoderParams, device: torch.device) -> str:
