@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from dfp_ray.config import overrides_from_strings
+from dfp_ray.tools.families import FAMILIES, generate_family
 
 MORPHEUS_GPU_TRAIN_S = {"duo": 6.2, "azure": 7.9}
 MORPHEUS_GPU_INFER_S = {"duo": 0.9, "azure": 1.6}
@@ -44,7 +45,6 @@ def _run_size(args, work: Path, *, users: int, train_days: int, infer_days: int,
               extra: dict, repeat: int) -> dict:
     from dfp_ray.config import load_config, overrides_from_strings
     from dfp_ray.runner import Pipeline, run
-    from dfp_ray.tools.families import generate_family
 
     kw = {"out": str(work / "data"), "sources": [args.source], "users": users,
           "train_days": train_days, "infer_days": infer_days, "seed": 11}
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--throughput", default="100x30x20",
                     help="throughput set: users x inference days x events per user per day; '' skips it")
     ap.add_argument("--source", default="duo", choices=["duo", "azure"])
-    ap.add_argument("--family", default="default", choices=["default", "habits", "roster"],
+    ap.add_argument("--family", default="default", choices=FAMILIES,
                     help="generator of the growth table's data: dfp-ray datagen (default; users alike in "
                     "volume), --family habits or --family roster (heavy-tailed volume: users from a few "
                     "to over a thousand rows). The throughput set always uses the default generator")

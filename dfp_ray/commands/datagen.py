@@ -18,6 +18,8 @@ def _csv(value: str) -> list[str]:
 
 
 def register(subparsers) -> None:
+    from dfp_ray.tools.families import FAMILIES
+
     parser = subparsers.add_parser(
         NAME,
         help="generate synthetic Duo / Azure AD logs with labelled anomalies",
@@ -32,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder: a local path or s3://bucket/prefix")
     parser.add_argument(
         "--family",
-        choices=["default", "habits", "roster"],
+        choices=FAMILIES,
         default="default",
         help="default: the Morpheus-shaped data set described below; habits: a second, independent family "
         "(other archetypes, vocabularies and time zones, rare-but-normal events listed in "

@@ -16,14 +16,9 @@ Family = Literal["default", "habits", "roster"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 
 
-def family_config_class(family: str) -> type[BaseModel]:
-    """The pydantic configuration model of ``family`` (unknown keys in it are errors)."""
-    return _family(family)[0]
-
-
 def make_config(family: str, **options: Any) -> BaseModel:
     """``family``'s configuration from ``options`` (pydantic checks them; defaults are the family's)."""
-    return family_config_class(family)(**options)
+    return _family(family)[0](**options)
 
 
 def generate_family(
