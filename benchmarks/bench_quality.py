@@ -89,7 +89,8 @@ def morpheus_params():
     from dfp_ray.autoencoder import AutoencoderParams
 
     return AutoencoderParams(optimizer="sgd", learning_rate=0.001, min_batches_per_epoch=1, loss_std_floor=0.0,
-                             clip_inputs=False, width_rule="fixed", epochs=30, batch_size=512)
+                             clip_inputs=False, other_input="echo", width_rule="fixed", epochs=30,
+                             batch_size=512)
 
 
 def load_set(name: str, work: Path, args, schema_for):

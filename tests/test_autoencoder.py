@@ -398,8 +398,9 @@ def test_morpheus_defaults_and_layer_sizes():
     )
     assert (p.validation_fraction, p.early_stopping_patience, p.min_category_count) == (0.1, 5, 1)
     # ours, measured in docs/scoring.md; optimizer="sgd", min_batches_per_epoch=1, loss_std_floor=0,
-    # clip_inputs=False is Morpheus
+    # clip_inputs=False, other_input="echo" is Morpheus
     assert (p.optimizer, p.min_batches_per_epoch, p.loss_std_floor, p.clip_inputs) == ("adam", 8, 0.1, True)
+    assert p.other_input == "most_frequent"
     assert (p.device, p.seed, p.max_embedding_dim) == ("auto", 42, 600)
     assert [embedding_dim(n) for n in (2, 5, 301, 1000, 10**6)] == [
         round(1.6 * 2**0.56),

@@ -121,6 +121,12 @@ class _Stack:
             if net.input_bounds is not None:
                 bounds[:, i, 0] = net.input_bounds.to(device)
         self.input_bounds = bounds if any(net.input_bounds is not None for net in nets) else None
+        # each member's DFPNetwork.other_index, -1 (no fill) for members and columns without one
+        fill = torch.full((k, 1, n_cat), -1, dtype=torch.int64, device=device)
+        for i, net in enumerate(nets):
+            if net.other_index is not None:
+                fill[i, 0] = net.other_index.to(device)
+        self.other_index = fill if any(net.other_index is not None for net in nets) else None
         self.row_base = [torch.arange(k, device=device).view(k, 1) * cmax for cmax in self.card_max]
 
     def views(self, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -185,6 +191,8 @@ class _Stack:
         views = self.views()
         if self.input_bounds is not None and self.n_dense:
             dense = torch.clamp(dense, self.input_bounds[0], self.input_bounds[1])
+        if self.other_index is not None:
+            codes = codes.masked_fill(codes == self.other_index, 0)
         parts = [dense] if self.n_dense else []
         for j in range(self.n_cat):
             table = views[j].reshape(-1, self.dim_max[j])

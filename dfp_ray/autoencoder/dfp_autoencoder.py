@@ -225,10 +225,13 @@ class DFPAutoencoder:
             head_ranks=self.head_ranks,
         )
 
-    def _bound_inputs(self, network: DFPNetwork, encoder: FeatureEncoder, device: torch.device) -> None:
-        """Clamp the network's numeric inputs to their training range (``clip_inputs``)."""
+    def _guard_inputs(self, network: DFPNetwork, encoder: FeatureEncoder, device: torch.device) -> None:
+        """Clamp the network's numeric inputs to their training range (``clip_inputs``) and feed
+        the "other" class of columns that trained on it as the most frequent value (``other_input``)."""
         bounds = encoder.input_bounds() if self.params.clip_inputs else None
         network.input_bounds = None if bounds is None else bounds.to(device)
+        fill = encoder.other_fill_index() if self.params.other_input == "most_frequent" else None
+        network.other_index = None if fill is None else fill.to(device)
 
     def _use_onednn(self, device: torch.device) -> bool:
         """Whether fp32 CPU linear layers run on oneDNN (see kernels.py and ``cpu_matmul``)."""
@@ -355,7 +358,7 @@ class DFPAutoencoder:
             else:
                 log.info("warm start not possible (%s): cold fit", warm_reason)
         network.use_onednn = self._use_onednn(device)
-        self._bound_inputs(network, encoder, device)
+        self._guard_inputs(network, encoder, device)
         generator = torch.Generator(device=device)
         if p.seed is not None:
             generator.manual_seed(p.seed)
@@ -513,7 +516,7 @@ class DFPAutoencoder:
             model.params = model.requested_params = params.model_copy(update={"precision": "fp32"})
         network.use_onednn = model._use_onednn(resolved)
         model.encoder, model.network, model.device = encoder, network.to(resolved).eval(), resolved
-        model._bound_inputs(network, encoder, resolved)
+        model._guard_inputs(network, encoder, resolved)
         order = model.feature_columns
         stats = metadata["loss_stats"]
         model._set_stats(

@@ -10,6 +10,7 @@ Conventions (REFERENCE A2/A5, documented in docs/autoencoder.md):
 - categorical: values are compared as strings; NaN/None become the category ``"nan"`` (as
   Morpheus's schemas do). Values below ``min_category_count`` in training, beyond
   ``max_categories``, or unseen in training map to the extra "other" class (the last index).
+  Vocabularies are ordered by training count, so class 0 is the column's most frequent value.
 - numeric: standard-scaled with the training mean and std (ddof 0; std 0 -> 1; never below the
   column's declared scale, see :meth:`FeatureEncoder.fit`). NaN and +-inf become the training
   mean (0 after scaling).
@@ -143,6 +144,9 @@ class FeatureEncoder:
     numeric_std: dict[str, float]
     numeric_min: dict[str, float] = field(default_factory=dict)  # training range (original units);
     numeric_max: dict[str, float] = field(default_factory=dict)  # empty for models saved before it
+    # categorical columns some of whose training rows fell into "other" (values below the column's
+    # minimum count or beyond max_categories); empty for models saved before it was recorded
+    trained_other: list[str] = field(default_factory=list)
     _classes: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ fitting
@@ -198,6 +202,7 @@ class FeatureEncoder:
         """
         stop = columns.rows if rows is None else int(rows)
         vocabularies: dict[str, list[str]] = {}
+        trained_other: list[str] = []
         for column in categorical:
             codes, labels = columns.categorical[column]
             counts = np.bincount(codes[:stop], minlength=len(labels))
@@ -212,6 +217,8 @@ class FeatureEncoder:
             if max_categories is not None:
                 order = order[:max_categories]
             vocabularies[column] = [str(v) for v in names[order]]
+            if totals[order].sum() < totals.sum():
+                trained_other.append(column)
         means: dict[str, float] = {}
         stds: dict[str, float] = {}
         lows: dict[str, float] = {}
@@ -227,7 +234,8 @@ class FeatureEncoder:
             floor = float((numeric_scale or {}).get(column, 0.0))
             std = std if std > 0.0 and math.isfinite(std) else (floor or 1.0)
             stds[column] = max(std, floor)
-        return cls(list(categorical), list(numeric), list(binary), vocabularies, means, stds, lows, highs)
+        return cls(list(categorical), list(numeric), list(binary), vocabularies, means, stds, lows, highs,
+                   trained_other)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -300,6 +308,24 @@ class FeatureEncoder:
             bounds[1, j] = (self.numeric_max[c] - mean) / std
         return bounds
 
+    def other_fill_index(self) -> torch.Tensor | None:
+        """[n_categorical] int64: the "other" class of every column in :attr:`trained_other`, -1
+        for the others; None when no column trained on "other".
+
+        Why: where training rows carry the "other" class (a host name seen once), a network fed
+        that class learns to echo it back, so a value never seen before reconstructs as well
+        as a usual one (on the real LANL sample a red-team destination no one had used lost
+        less than a known one). The network is fed the column's most frequent value instead
+        (class 0) while the target stays "other": its loss is then how unlikely a rare value is
+        in this row's context, a rate learnt from the training rows' own rare values.
+        """
+        if not self.trained_other:
+            return None
+        return torch.tensor(
+            [len(self.vocabularies[c]) if c in self.trained_other else -1 for c in self.categorical],
+            dtype=torch.int64,
+        )
+
     def category_labels(self, column: str) -> np.ndarray:
         """Object array of class labels for ``column``, index = class code (last = "other")."""
         return np.array(self.vocabularies[column] + [OTHER_LABEL], dtype=object)
@@ -315,6 +341,7 @@ class FeatureEncoder:
             "numeric_std": self.numeric_std,
             "numeric_min": self.numeric_min,
             "numeric_max": self.numeric_max,
+            "trained_other": self.trained_other,
         }
 
     @classmethod
@@ -328,4 +355,5 @@ class FeatureEncoder:
             numeric_std={k: float(v) for k, v in data["numeric_std"].items()},
             numeric_min={k: float(v) for k, v in data.get("numeric_min", {}).items()},
             numeric_max={k: float(v) for k, v in data.get("numeric_max", {}).items()},
+            trained_other=[str(c) for c in data.get("trained_other", [])],
         )

@@ -106,6 +106,9 @@ class DFPNetwork(nn.Module):
         # Set by the owner (clip_inputs): [2, n_numeric + n_binary] range of the scaled inputs seen in
         # training; inputs are clamped to it, targets are not. Derived from the encoder, so not saved.
         self.register_buffer("input_bounds", None, persistent=False)
+        # Set by the owner (other_input): [n_categorical] "other" class of the columns whose input
+        # is fed as the most frequent value (class 0) when it is "other"; -1 elsewhere. Not saved.
+        self.register_buffer("other_index", None, persistent=False)
 
     @property
     def n_features(self) -> int:
@@ -116,6 +119,8 @@ class DFPNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.input_bounds is not None and dense.shape[1]:
             dense = torch.clamp(dense, self.input_bounds[0], self.input_bounds[1])
+        if self.other_index is not None:  # targets keep the "other" class; only the input changes
+            codes = codes.masked_fill(codes == self.other_index, 0)
         parts = [dense] if dense.shape[1] else []
         parts.extend(emb(codes[:, j]) for j, emb in enumerate(self.embeddings))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
