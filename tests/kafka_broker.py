@@ -39,6 +39,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    from tests.ports import free_port
+except ImportError:
+    from ports import free_port
+
 __all__ = ["Broker", "committed_offset", "consumer_settings", "kafka_broker", "read_topic", "running_broker",
            "tansu_binary"]
 
@@ -64,12 +69,6 @@ def tansu_binary() -> str:
     if not mode & stat.S_IXUSR:
         path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _api_versions_answers(port: int, timeout: float = 0.5) -> bool:

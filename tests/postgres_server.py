@@ -44,7 +44,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -52,6 +51,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+try:
+    from tests.ports import free_port
+except ImportError:
+    from ports import free_port
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_pg_bin", "postgres_server", "running_postgres",
            "unavailable_reason"]
@@ -119,12 +123,6 @@ def unavailable_reason() -> str | None:
     except ImportError:
         return "psycopg2 is not installed (pip install -e '.[test]' brings psycopg2-binary)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:

@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    from tests.ports import free_port
+except ImportError:
+    from ports import free_port
 
 __all__ = ["moto_server_binary", "free_port", "running_s3_server", "s3_storage_options"]
 
@@ -41,12 +45,6 @@ def moto_server_binary() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("moto_server")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def s3_storage_options(endpoint: str) -> dict:

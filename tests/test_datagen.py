@@ -23,6 +23,11 @@ from dfp_ray.pipeline.data_prep import frame_from_records
 from dfp_ray.schemas import load_schema
 from dfp_ray.tools.datagen import ANOMALY_KINDS, GROUND_TRUTH_COLUMNS, DatagenConfig, generate
 
+try:
+    from tests.ports import free_port
+except ImportError:
+    from ports import free_port
+
 SMALL = dict(users=10, train_days=4, infer_days=2, events_per_user_per_day=5.0)
 FILE_RE = {
     "duo": re.compile(r"^DUO_(\d{4}-\d{2}-\d{2})T(\d{2})_(\d{2})_(\d{2})\.(\d{3})Z\.json$"),
@@ -303,18 +308,12 @@ def test_cli_writes_then_refuses_to_mix_with_an_older_run(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- S3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_endpoint():
     exe = Path(sys.executable).with_name("moto_server")
     if not exe.exists():
         pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,17 +20,16 @@ import pytest
 
 from dfp_ray import metrics
 
+try:
+    from tests.ports import free_port
+except ImportError:
+    from ports import free_port
+
 pytestmark = pytest.mark.slow
 
 SCRAPE_TIMEOUT_S = 90
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parse(text: str) -> list[tuple[str, dict[str, str], float]]:

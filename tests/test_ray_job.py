@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+try:
+    from tests.ports import free_port
+except ImportError:
+    from ports import free_port
+
 pytestmark = pytest.mark.slow
 
 JOB_TIMEOUT_S = 420
 NO_AUTH = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def descendants(pid: int) -> list[int]:
