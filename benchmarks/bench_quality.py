@@ -24,7 +24,8 @@ also scored by the generic model alone (rule ``generic``: how users without a mo
 own are caught).
 
 Per set x kind: recall at the rule, AUROC of the rule's ranking score against every normal
-event, recall at a 1% false-positive rate, and the rule's false-positive rate; then the alert
+event, recall at a 1% false-positive rate, and the rule's false-positive rate (over every
+normal event, and over the ordinary ones: the set's rare-but-normal events left out); then the alert
 rate per user percentile (are a few users producing most alerts?).
 
 Every model trains in-process with the pipeline's own steps (file to DataFrame, data prep,
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== profile {profile}", flush=True)
             for name in sets:
                 results += run_set(name, profile, Path(tmp), args)
-    print("\nQuality table (recall and FPR at each rule; AUROC and recall at 1% FPR of its ranking score)")
+    print("\nQuality table (recall and FPR at each rule; AUROC and recall at 1% FPR of its ranking score; "
+          "FPR ord: the FPR over normal events that are not rare-but-normal)")
     print(Q.format_table(results))
     print(f"\nbench_quality: {time.perf_counter() - started:.0f} s")
     return 0
