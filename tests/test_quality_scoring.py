@@ -183,3 +183,23 @@ def test_hour_of_day_is_explained_as_one_driver_with_clock_times():
     expected_hour = int(row["driver_1_expected"][:2])
     assert 7 <= expected_hour <= 19
     assert row["driver_1_z"] == pytest.approx(row["hour_of_day_sin_z_loss"] + row["hour_of_day_cos_z_loss"])
+
+
+def test_quality_table_reports_the_fpr_of_ordinary_events_apart_from_rare_but_normal_ones():
+    """A data set's rare-but-normal events (a new phone) count as normal in the FPR; the table
+    also gives the FPR without them, so a reader sees which of the two a rule's alerts are."""
+    from dfp_ray.tools.quality import format_table, measure
+
+    ids = [f"e{i}" for i in range(10)]
+    scored = pd.DataFrame({"event_id": ids, "username": ["u1"] * 5 + ["u2"] * 5})
+    truth = pd.DataFrame({"event_id": ["e0", "e1"], "kind": ["new_location", "new_location"]})
+    rare = pd.DataFrame({"event_id": ["e2", "e3"], "kind": ["new_phone", "new_phone"]})
+    detected = np.array([True, True, True, True, True, False, False, False, False, False])
+    q = measure(scored, truth, score=detected.astype(float), detected=detected, name="s", rule="r", rare=rare)
+    assert q.fpr == pytest.approx(3 / 8)  # e2, e3, e4 of the eight normal events
+    assert q.fpr_ordinary == pytest.approx(1 / 6)  # e4 of the six that are not rare-but-normal
+    assert q.rare_fpr == {"new_phone": (2, 1.0)}
+    assert q.precision == pytest.approx(2 / 5) and q.recall == 1.0
+    assert "FPR ord" in format_table([q]) and "0.1667" in format_table([q])
+    plain = measure(scored, truth, score=detected.astype(float), detected=detected, name="s", rule="r")
+    assert plain.fpr_ordinary == plain.fpr

@@ -86,7 +86,7 @@ class AutoencoderParams(BaseModel):
         "some training rows fell into it (features.min_count above 1, or max_categories): 'most_frequent' "
         "feeds the column's most frequent value and keeps 'other' as the target, so the model learns how "
         "likely a rare value is in each row's context and cannot echo a never-seen value back (on the LANL "
-        "sample with the red team replayed, AUROC 0.924 -> 0.975; docs/scoring.md, 'Open vocabularies'). "
+        "sample with the red team replayed, AUROC 0.924 -> 0.973; docs/scoring.md, 'Open vocabularies'). "
         "'echo' = Morpheus (the 'other' class has its own input embedding). Columns whose training rows "
         "never fell into 'other' are the same either way.",
     )
