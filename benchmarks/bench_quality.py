@@ -26,7 +26,8 @@ own are caught).
 Per set x kind: recall at the rule, AUROC of the rule's ranking score against every normal
 event, recall at a 1% false-positive rate, and the rule's false-positive rate (over every
 normal event, and over the ordinary ones: the set's rare-but-normal events left out); then the alert
-rate per user percentile (are a few users producing most alerts?).
+rate per user percentile (are a few users producing most alerts?) and, at the shipped rule, how
+the detections group into incidents (attacks, rare-but-normal and ordinary normal events).
 
 Every model trains in-process with the pipeline's own steps (file to DataFrame, data prep,
 training, inference, filter detections: :mod:`dfp_ray.tools.quality`), one thread, with the
@@ -133,6 +134,21 @@ def plain_scores(scored, models, schema):
     return out
 
 
+def incident_line(scored, detected, qset, gap_hours: float) -> str:
+    """How the rule's detections group into incidents (docs/scoring.md 5b): attacks, rare-but-normal
+    and ordinary normal events, each as events and incidents."""
+    from dfp_ray.pipeline.incidents import IncidentTracker, group_incidents
+
+    found = group_incidents(scored[detected], qset.schema, IncidentTracker.hours(gap_hours))
+    ids = found["event_id"].astype(str)
+    attack = ids.isin(set(qset.truth["event_id"].astype(str)))
+    rare = ids.isin(set(qset.rare["event_id"].astype(str))) if qset.rare is not None else attack & False
+    parts = []
+    for what, mask in (("attacks", attack), ("rare-but-normal", rare & ~attack), ("ordinary normal", ~attack & ~rare)):
+        parts.append(f"{what} {int(mask.sum())} events in {found.loc[mask.to_numpy(), 'incident_id'].nunique()}")
+    return f"incidents at the rule ({gap_hours:g} h gap): " + ", ".join(parts)
+
+
 def run_set(name: str, profile: str, work: Path, args) -> list:
     import numpy as np
     import yaml
@@ -192,6 +208,8 @@ def run_set(name: str, profile: str, work: Path, args) -> list:
     print("    alert rate per user (share of the user's events flagged) at user percentiles: "
           + ", ".join(f"{k} {v:.3f}" for k, v in rates.items())
           + "; normal events only: " + ", ".join(f"{k} {v:.3f}" for k, v in normal_rates.items()), flush=True)
+    if label == "ours":
+        print("    " + incident_line(scored, detected, qset, rule.incident_gap_hours), flush=True)
     for r in results:
         rare = ", ".join(f"{k} {n} events {v:.3f} flagged" for k, (n, v) in r.rare_fpr.items())
         print(f"    {r.rule}: flagged {r.flagged} of {r.events} ({r.flagged / max(r.events, 1):.4f}); top user "

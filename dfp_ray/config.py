@@ -93,6 +93,14 @@ class DetectionConfig(_Strict):
         3, ge=0, le=10,
         description="Drivers named per detection (driver_<i>, driver_<i>_value, _expected, _z; explanation).",
     )
+    incident_gap_hours: float = Field(
+        24.0, ge=0,
+        description="Detections of one user with the same top driver (and, for a categorical feature, the same "
+        "value), each within this many hours of the previous one, are one incident: incident_id (the event id "
+        "of its first detection) and incident_rank (1 for the first). A queue of incident_rank == 1 shows a "
+        "four-day trip to a new city once, not once per sign-in (docs/scoring.md, 'Incidents'). 0 = every "
+        "detection is an incident of its own.",
+    )
 
 
 class OutputConfig(_Strict):

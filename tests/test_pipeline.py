@@ -80,6 +80,13 @@ def test_inference_writes_detections_with_reference_columns(trained):
     # Every user had a model of its own: the output says which model scored each row.
     expected = scores["username"].map(lambda u: registered_model_name("duo", u) + ":1")
     assert (scores["model_version"] == expected).all()
+    # Each detection names its incident; an incident starts at a detection of its own user
+    assert detections["incident_rank"].ge(1).all() and detections["incident_id"].notna().all()
+    first = detections[detections["incident_rank"] == 1]
+    assert (first["incident_id"] == first["event_id"]).all()
+    starts = detections.set_index("event_id")["username"]
+    assert (detections["incident_id"].map(starts) == detections["username"]).all()
+    assert scores.loc[scores["anomaly_score"] <= 1.0, "incident_id"].isna().all()
 
 
 def test_each_users_rows_went_to_one_actor(trained):
@@ -98,7 +105,8 @@ def test_parallel_loading_and_detections_only_output_match_the_reference_run(tra
     cfg, _, reference = trained
     msgs = data / "control_messages"
     # what a driver observed/expected is text (a category) or a number: read it as text in every file
-    text = {"event_id": str, **{f"driver_{i}_{k}": str for i in (1, 2, 3) for k in ("value", "expected")}}
+    text = {"event_id": str, **{f"driver_{i}_{k}": str for i in (1, 2, 3) for k in ("value", "expected")},
+            "incident_id": str, "incident_rank": "Int64"}  # empty on the scores file's other rows
     ref_scores = pd.read_csv(reference.scores_path, dtype=text).drop(columns="event_time")
     variants = ({"ray.load_parallelism": 1}, {"ray.load_chunk_files": 1, "output.write_all_scores": False})
     for i, extra in enumerate(variants):

@@ -242,3 +242,23 @@ def test_scores_without_event_id_are_numbered(tmp_path, caplog):
     loaded = load_scores(path)
     assert loaded["event_id"].tolist()[:2] == ["row-0", "row-1"]
     assert "no event_id column" in caplog.text
+
+
+def test_report_shows_which_incident_each_detection_belongs_to(tmp_path, capsys):
+    from dfp_ray.pipeline.incidents import IncidentTracker, group_incidents, with_incidents
+    from dfp_ray.schemas import load_schema
+
+    df = _calibrated_scores()
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    detected = df["anomaly_score"] > 1
+    found = group_incidents(df[detected], load_schema("duo"), IncidentTracker.hours(24))
+    df = with_incidents(df, found)
+    n_incidents = found["incident_id"].nunique()
+    assert 1 <= n_incidents < int(detected.sum())  # the same user's hour driver within a day groups
+    path = tmp_path / "dfp_scores_duo.csv"
+    df.to_csv(path, index=False)
+    assert main(["report", "--scores", str(path), "--out", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"They form {n_incidents} incidents" in text
+    first = found.sort_values("timestamp").iloc[0]
+    assert f"#1 of {first['event_id']}" in text

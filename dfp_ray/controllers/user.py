@@ -39,6 +39,7 @@ from dfp_ray.pipeline.file_to_df import read_and_map
 from dfp_ray.pipeline.filter_detections import filter_detections
 from dfp_ray.pipeline.frames import DetectionFrame, MappedFrame, ScoredFrame, UserFrame
 from dfp_ray.pipeline.fsspec_loader import FileRef
+from dfp_ray.pipeline.incidents import IncidentTracker, group_incidents, with_incidents
 from dfp_ray.pipeline.inference import score_users
 from dfp_ray.pipeline.mlflow_model_writer import write_model
 from dfp_ray.pipeline.population_check import models_to_prefetch, population_check_model
@@ -109,6 +110,9 @@ class UserController:
         self._lookup_failures: dict[str, BaseException] = {}
         self._pending_inference: set[str] = set()
         self.users_seen: set[str] = set()
+        # Open incidents of the users this worker scores (pipeline/incidents.py); calls may overlap
+        self.incidents = IncidentTracker.hours(cfg.detection.incident_gap_hours)
+        self._incident_lock = threading.Lock()
         # One fit at a time per worker: with ray.actor_concurrency > 1 a call registers its model
         # (database round trips, file copies, the store's lock) while the next call fits.
         self._fit_lock = threading.Lock()
@@ -556,7 +560,9 @@ class UserController:
         for r in results:
             r.seconds = elapsed
             r.retryable = bool(r.error) and r.user in self._lookup_failures
-        return scored, filter_detections(scored, self.cfg.detection), results
+        with self._incident_lock:
+            detections = group_incidents(filter_detections(scored, self.cfg.detection), s, self.incidents)
+        return with_incidents(scored, detections), detections, results
 
     def infer_window(self, frame: MappedFrame, work: WorkKey | None) -> tuple[MappedFrame | None, dict[str, int]]:
         """Streaming inference through the users' inference windows (``window.inference``): the

@@ -312,9 +312,17 @@ def _detections_html(
         if {"alert_threshold", "threshold_source"} <= set(shown.columns)
         else None
     )
+    incident_cells = (
+        [("" if pd.isna(r) else f"#{int(r)} of {_e(i)}") for i, r in zip(shown["incident_id"], shown["incident_rank"],
+                                                                        strict=True)]
+        if {"incident_id", "incident_rank"} <= set(shown.columns)
+        else None
+    )
     headers = ["time (UTC)", "user", "event_id", column]
     if threshold_cells is not None:
         headers.append("mean_abs_z threshold (how set)")
+    if incident_cells is not None:
+        headers.append("incident (detection # of its first event)")
     headers += [f"driver #{i + 1} (observed \u2192 expected)" for i in range(len(feature_cells))]
     headers += ["model_version"] + (["ground truth"] if kinds is not None else [])
     rows = []
@@ -322,6 +330,8 @@ def _detections_html(
         row = [cols["time"][i], cols["user"][i], cols["event_id"][i], cols[column][i]]
         if threshold_cells is not None:
             row.append(threshold_cells[i])
+        if incident_cells is not None:
+            row.append(incident_cells[i])
         row += [cells[i] for cells in feature_cells]
         row.append(cols["model_version"][i])
         if kinds is not None:
@@ -332,6 +342,9 @@ def _detections_html(
         if total > len(shown)
         else f"<p>{total} detections, highest score first.</p>"
     )
+    if "incident_id" in det.columns and det["incident_id"].notna().any():
+        note += (f"<p>They form {det['incident_id'].nunique()} incidents (one user, one driving value, "
+                 "detections within the incident gap of each other; #1 is where an incident starts).</p>")
     return note + _table(headers, rows, "detections")
 
 
