@@ -146,7 +146,9 @@ def incident_line(scored, detected, qset, gap_hours: float) -> str:
     parts = []
     for what, mask in (("attacks", attack), ("rare-but-normal", rare & ~attack), ("ordinary normal", ~attack & ~rare)):
         parts.append(f"{what} {int(mask.sum())} events in {found.loc[mask.to_numpy(), 'incident_id'].nunique()}")
-    return f"incidents at the rule ({gap_hours:g} h gap): " + ", ".join(parts)
+    owners = found.drop_duplicates("incident_id")[qset.schema.user_column].astype(str).value_counts()
+    top = f"; top user {owners.index[0]} owns {owners.iloc[0] / owners.sum():.2f} of incidents" if len(owners) else ""
+    return f"incidents at the rule ({gap_hours:g} h gap): " + ", ".join(parts) + top
 
 
 def run_set(name: str, profile: str, work: Path, args) -> list:
