@@ -139,10 +139,10 @@ def incident_line(scored, detected, qset, gap_hours: float) -> str:
     and ordinary normal events, each as events and incidents."""
     from dfp_ray.pipeline.incidents import IncidentTracker, group_incidents
 
-    found = group_incidents(scored[detected], qset.schema, IncidentTracker.hours(gap_hours))
+    found = group_incidents(scored[detected], qset.schema, IncidentTracker.with_gap_hours(gap_hours))
     ids = found["event_id"].astype(str)
     attack = ids.isin(set(qset.truth["event_id"].astype(str)))
-    rare = ids.isin(set(qset.rare["event_id"].astype(str))) if qset.rare is not None else attack & False
+    rare = ids.isin(set(qset.rare["event_id"].astype(str)) if qset.rare is not None else set())
     parts = []
     for what, mask in (("attacks", attack), ("rare-but-normal", rare & ~attack), ("ordinary normal", ~attack & ~rare)):
         parts.append(f"{what} {int(mask.sum())} events in {found.loc[mask.to_numpy(), 'incident_id'].nunique()}")

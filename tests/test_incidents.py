@@ -51,13 +51,13 @@ EXPECTED = {
 
 def test_detections_of_one_user_and_driving_value_within_the_gap_are_one_incident():
     frame = detections(ROWS)
-    out = group_incidents(frame, DUO, IncidentTracker.hours(24))
+    out = group_incidents(frame, DUO, IncidentTracker.with_gap_hours(24))
     assert list(out.index) == list(frame.index) and list(out["event_id"]) == list(frame["event_id"])
     assert as_table(out) == EXPECTED
 
 
 def test_incidents_continue_across_batches_as_an_actor_scores_them():
-    tracker = IncidentTracker.hours(24)
+    tracker = IncidentTracker.with_gap_hours(24)
     by_time = sorted(ROWS, key=lambda r: r[4])
     parts = [group_incidents(detections(by_time[i:i + 3]), DUO, tracker) for i in range(0, len(by_time), 3)]
     assert as_table(pd.concat(parts)) == EXPECTED
@@ -66,7 +66,7 @@ def test_incidents_continue_across_batches_as_an_actor_scores_them():
 
 
 def test_gap_zero_makes_every_detection_its_own_incident_and_the_default_is_a_day():
-    out = group_incidents(detections(ROWS), DUO, IncidentTracker.hours(0))
+    out = group_incidents(detections(ROWS), DUO, IncidentTracker.with_gap_hours(0))
     assert (out["incident_id"] == out["event_id"]).all() and (out["incident_rank"] == 1).all()
     assert DetectionConfig().incident_gap_hours == 24
 
@@ -74,9 +74,9 @@ def test_gap_zero_makes_every_detection_its_own_incident_and_the_default_is_a_da
 def test_the_scored_frame_carries_the_columns_on_detections_only():
     scored = pd.concat([detections(ROWS), detections([("n1", "ana", None, None, 2.0)]).assign(anomaly_score=0.5)],
                        ignore_index=True)
-    found = group_incidents(scored[scored["anomaly_score"] > 1], DUO, IncidentTracker.hours(24))
+    found = group_incidents(scored[scored["anomaly_score"] > 1], DUO, IncidentTracker.with_gap_hours(24))
     out = with_incidents(scored, found)
     assert out.loc[out["event_id"] == "n1", ["incident_id", "incident_rank"]].isna().all(axis=None)
     assert as_table(out.dropna(subset=["incident_id"])) == EXPECTED
-    empty = group_incidents(scored.iloc[:0], DUO, IncidentTracker.hours(24))
+    empty = group_incidents(scored.iloc[:0], DUO, IncidentTracker.with_gap_hours(24))
     assert list(empty.columns[-2:]) == ["incident_id", "incident_rank"] and empty.empty

@@ -251,7 +251,7 @@ def test_report_shows_which_incident_each_detection_belongs_to(tmp_path, capsys)
     df = _calibrated_scores()
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
     detected = df["anomaly_score"] > 1
-    found = group_incidents(df[detected], load_schema("duo"), IncidentTracker.hours(24))
+    found = group_incidents(df[detected], load_schema("duo"), IncidentTracker.with_gap_hours(24))
     df = with_incidents(df, found)
     n_incidents = found["incident_id"].nunique()
     assert 1 <= n_incidents < int(detected.sum())  # the same user's hour driver within a day groups

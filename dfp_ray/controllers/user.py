@@ -111,7 +111,7 @@ class UserController:
         self._pending_inference: set[str] = set()
         self.users_seen: set[str] = set()
         # Open incidents of the users this worker scores (pipeline/incidents.py); calls may overlap
-        self.incidents = IncidentTracker.hours(cfg.detection.incident_gap_hours)
+        self.incidents = IncidentTracker.with_gap_hours(cfg.detection.incident_gap_hours)
         self._incident_lock = threading.Lock()
         # One fit at a time per worker: with ray.actor_concurrency > 1 a call registers its model
         # (database round trips, file copies, the store's lock) while the next call fits.

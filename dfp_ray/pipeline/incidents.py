@@ -21,6 +21,7 @@ incidents. Scores over HTTP (``POST /dfp/{source}/score``) carry no incident col
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,21 +33,27 @@ INCIDENT_COLUMNS = ("incident_id", "incident_rank")
 _SEP = "\x1f"
 
 
+class OpenIncident(NamedTuple):
+    incident_id: str
+    detections: int  # so far
+    last_ns: int  # time of its latest detection
+
+
 @dataclass
 class IncidentTracker:
-    """Open incidents by key (user, driver, value): ``[incident id, detections so far, last time (ns)]``."""
+    """Open incidents by key (user, driver, value; see :func:`incident_keys`)."""
 
     gap_ns: int
-    open: dict[str, list] = field(default_factory=dict)
+    open: dict[str, OpenIncident] = field(default_factory=dict)
 
     @classmethod
-    def hours(cls, gap_hours: float) -> IncidentTracker:
+    def with_gap_hours(cls, gap_hours: float) -> IncidentTracker:
         return cls(gap_ns=int(round(gap_hours * 3_600e9)))
 
     def forget_before(self, time_ns: int) -> None:
         """Drop incidents whose last detection is more than the gap before ``time_ns``."""
         limit = time_ns - self.gap_ns
-        self.open = {k: v for k, v in self.open.items() if v[2] >= limit}
+        self.open = {k: v for k, v in self.open.items() if v.last_ns >= limit}
 
 
 def incident_keys(detections: pd.DataFrame, schema: SourceSchema) -> np.ndarray:
@@ -73,45 +80,38 @@ def group_incidents(detections: pd.DataFrame, schema: SourceSchema, tracker: Inc
     out = detections.copy()
     n = len(out)
     if n == 0:
-        for column in INCIDENT_COLUMNS:
-            out[column] = pd.Series(dtype=object if column == "incident_id" else "Int64")
+        out["incident_id"] = pd.Series(dtype=object)
+        out["incident_rank"] = pd.Series(dtype=np.int64)
         return out
     ids = row_keys(out, schema.event_id_column).astype(str).to_numpy(dtype=object)
     if tracker.gap_ns <= 0:  # grouping off: every detection is an incident of its own
         out["incident_id"], out["incident_rank"] = ids, np.ones(n, dtype=np.int64)
         return out
     keys = incident_keys(out, schema)
-    times = pd.to_datetime(out[schema.time_column], utc=True, errors="coerce")
-    t = times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    t = pd.to_datetime(out[schema.time_column], utc=True, errors="coerce").to_numpy(dtype="datetime64[ns]")
+    t = t.astype(np.int64)
     order = np.lexsort((t, keys))  # by key, then time
     k, tt, ev = keys[order], t[order], ids[order]
     first_of_key = np.r_[True, k[1:] != k[:-1]]
-    gap_break = np.r_[True, (tt[1:] - tt[:-1]) > tracker.gap_ns]
-    starts = first_of_key | gap_break
-    # the first detection of a key continues the tracker's open incident if it is recent enough
-    carried = np.zeros(n, dtype=bool)
-    carry_id = np.empty(n, dtype=object)
-    carry_rank = np.zeros(n, dtype=np.int64)
-    for i in np.flatnonzero(first_of_key):
+    starts = first_of_key | np.r_[True, (tt[1:] - tt[:-1]) > tracker.gap_ns]
+    run_of = np.cumsum(starts) - 1  # sorted row -> its run (the rows of one incident in this call)
+    run_start = np.flatnonzero(starts)
+    run_id, run_offset = ev[run_start], np.zeros(len(run_start), dtype=np.int64)
+    # a key's first run continues the tracker's open incident when it comes within the gap
+    for run, i in zip(run_of[first_of_key], np.flatnonzero(first_of_key), strict=True):
         state = tracker.open.get(k[i])
-        if state is not None and 0 <= tt[i] - state[2] <= tracker.gap_ns:
-            carried[i], carry_id[i], carry_rank[i] = True, state[0], state[1]
-    incident_no = np.cumsum(starts) - 1  # one number per run of rows of one incident
-    first_row = np.flatnonzero(starts)
-    run_id = np.where(carried[first_row], carry_id[first_row], ev[first_row])
-    run_offset = carry_rank[first_row]
-    position = np.arange(n) - first_row[incident_no]
-    sorted_id = run_id[incident_no]
-    sorted_rank = position + 1 + run_offset[incident_no]
+        if state is not None and 0 <= tt[i] - state.last_ns <= tracker.gap_ns:
+            run_id[run], run_offset[run] = state.incident_id, state.detections
+    sorted_id = run_id[run_of]
+    sorted_rank = np.arange(n) - run_start[run_of] + 1 + run_offset[run_of]
     incident_id = np.empty(n, dtype=object)
     incident_rank = np.empty(n, dtype=np.int64)
     incident_id[order], incident_rank[order] = sorted_id, sorted_rank
     out["incident_id"] = incident_id
     out["incident_rank"] = incident_rank
     # the last run of every key is the open incident now
-    last_of_key = np.r_[k[1:] != k[:-1], True]
-    for i in np.flatnonzero(last_of_key):
-        tracker.open[k[i]] = [sorted_id[i], int(sorted_rank[i]), int(tt[i])]
+    for i in np.flatnonzero(np.r_[k[1:] != k[:-1], True]):
+        tracker.open[k[i]] = OpenIncident(sorted_id[i], int(sorted_rank[i]), int(tt[i]))
     tracker.forget_before(int(t.max()))
     return out
 
