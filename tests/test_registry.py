@@ -208,6 +208,18 @@ def test_a_registration_cut_short_by_a_dead_process_is_marked_killed_by_the_next
     assert client.get_run(first.run_id).info.status == "FINISHED"
 
 
+def test_a_process_killed_after_creating_the_version_leaves_no_run_running(registry, model_a):
+    # the retried training finds the version by its work tag and does not register again; the
+    # run its killed actor never ended must not stay RUNNING (it looks like a crash in MLflow)
+    done = register(registry, "finished-late", model_a, tags={"dfp_work": "msg-7:train"})
+    client = registry.client
+    client.update_run(done.run_id, status="RUNNING")  # what a kill before set_terminated leaves
+    found = registry.version_with_tag("duo", "finished-late", "dfp_work", "msg-7:train")
+    assert found is not None and found.version == done.version and found.run_id == done.run_id
+    assert client.get_run(done.run_id).info.status == "FINISHED"
+    assert registry.version_with_tag("duo", "finished-late", "dfp_work", "other") is None
+
+
 def test_run_logs_params_metrics_and_tags(registry, model_a):
     model, report, frame = model_a
     ref = register(registry, "logcheck", model_a, tags={"team": "soc"})

@@ -568,7 +568,13 @@ class ModelRegistry:
         where = f"name = '{name}' and tags.{key} = '{value}'"
         found = self._retry(f"version of {name} tagged {key}", lambda: self.client.search_model_versions(where))
         refs = [ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id or None) for mv in found]
-        return max(refs, key=lambda r: r.version_number, default=None)
+        ref = max(refs, key=lambda r: r.version_number, default=None)
+        if ref is not None and ref.run_id:
+            # an actor killed between creating the version and ending its run left the run
+            # RUNNING; the version exists, so that registration did finish: say so
+            with self._lock, self._globals(), self._write_lock():
+                _finish_if_running(self.client, ref.run_id)
+        return ref
 
     # ---------------------------------------------------------------- population
     def population(self, source: str) -> Population | None:
@@ -744,6 +750,14 @@ def _end_abandoned_runs(client: Any, exp_id: str) -> None:
     with contextlib.suppress(Exception):
         for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=50):
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _finish_if_running(client: Any, run_id: str) -> None:
+    """End as FINISHED a run whose model version was created but which is still RUNNING (its
+    registration's process died on the last step); errors are ignored."""
+    with contextlib.suppress(Exception):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FINISHED")
 
 
 def _abandon(client: Any, run_id: str, model_id: str | None = None) -> None:
