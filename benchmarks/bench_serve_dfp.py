@@ -9,7 +9,9 @@ Figures, side by side in one run (same machine, same records, same code):
 
 * single-record requests with 1, 8 and 32 concurrent clients: p50 / p99 latency, requests/s;
 * 100-record requests with 1, 8 and 32 concurrent clients: records/s (and p50 latency);
-* for HTTP (``POST /dfp/duo/score`` through Serve's proxy, aiohttp clients in this process) and
+* for HTTP through Serve's proxy (``POST /dfp/duo/score``, aiohttp clients in this process),
+  for HTTP straight to the ingress replica's own port (Ray Serve's direct ingress,
+  ``serve.direct_ingress``: no proxy hop; the same Ray, the same replicas) and
   for the library in-process (``DfpIngress(..., LocalBackend)``: the same mapping, coalescing,
   scoring and answer building, without HTTP, Serve or a second process);
 * where the time goes: CPU seconds per scoring call by stage (mapping, data prep + inference,
@@ -18,7 +20,7 @@ Figures, side by side in one run (same machine, same records, same code):
 Targets on a 2-core machine: p50 < 20 ms single record, >= 20,000 records/s batched. Every
 loop is bounded (requests and seconds); repeats (``--repeats``) give ranges, because a shared
 machine moves single figures a lot. Run: ``python benchmarks/bench_serve_dfp.py [--repeats 2]
-[--seconds 4] [--users 8] [--json out.json] [--in-ingress]``.
+[--seconds 4] [--users 8] [--json out.json] [--in-ingress] [--no-direct]``.
 """
 
 from __future__ import annotations
@@ -204,11 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--in-ingress", action="store_true",
                    help="deploy with dfp.scorer.in_ingress (the ingress scores itself: no scorer deployment)")
+    p.add_argument("--no-direct", action="store_true",
+                   help="start Ray without direct ingress (only the proxy path is measured)")
+    p.add_argument("--grpc-handles", action="store_true",
+                   help="direct_ingress.grpc_handles: the ingress calls the scorer over gRPC")
     args = p.parse_args(argv)
 
     import ray
     from ray import serve
 
+    from dfp_ray.serve.config import DirectIngressConfig
+
+    direct_cfg = {"enabled": not args.no_direct, "grpc_handles": args.grpc_handles}
+    if not args.no_direct:
+        low = free_port()
+        direct_cfg.update(min_port=low, max_port=low + 20)
+    os.environ.update(DirectIngressConfig(**direct_cfg).environment())  # read by the processes Ray starts
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     cpus = int(ray.cluster_resources().get("CPU", 2))
     results: dict = {"cpus": cpus, "load_avg_start": os.getloadavg()}
@@ -219,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"registry: {args.users} users + generic trained by dfp-ray run in {time.perf_counter() - t:.0f} s; "
               f"{len(reg.inference_records)} inference records", flush=True)
         cfg = app_config(root, "bench", {
+            "direct_ingress": direct_cfg,
             "deployment": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)}},
             "dfp": {"sources": {"duo": {"pipeline": {"state_dir": reg.cfg.state_dir}}}, "refresh_s": 30.0,
                     "scorer": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)},
@@ -246,40 +260,59 @@ def main(argv: list[str] | None = None) -> int:
 
         port = free_port()
         app = start_apps(port, {"bench": (cfg, "/")})["bench"]
-        lib_runs, http_runs = [], []
+        paths = {"proxy": app.url}
+        if not args.no_direct:
+            from dfp_ray.serve.deployment import direct_urls
+
+            urls = direct_urls(app.cfg, wait_s=60)
+            if not urls:
+                raise SystemExit("direct ingress: no replica reported its own port (see docs/serve.md)")
+            paths["direct"] = urls[0]
+            print(f"direct ingress: the ingress replica answers on {urls[0]}", flush=True)
+        lib_runs: list = []
+        http_runs: dict[str, list] = {k: [] for k in paths}
         for rep in range(args.repeats):
             lib_runs.append(run_library(service, reg.inference_records, args.seconds, args.max_requests))
-            http_runs.append(run_http(app.url, reg.inference_records, args.seconds, args.max_requests))
+            for name, url in paths.items():
+                http_runs[name].append(run_http(url, reg.inference_records, args.seconds, args.max_requests))
             print(f"repeat {rep + 1}/{args.repeats} done (load average {os.getloadavg()[0]:.1f})", flush=True)
         serve.shutdown()
     ray.shutdown()
 
-    print(f"\nper-user DFP scoring, {cpus} CPUs{', scored in the ingress' if args.in_ingress else ''}; ranges over "
-          f"{args.repeats} repeats "
-          f"(load average at start {results['load_avg_start'][0]:.1f})")
-    print(f"  {'request':>10} {'clients':>7} | {'HTTP p50 ms':>11} {'p99 ms':>9} {'req/s':>11} {'records/s':>13} | "
-          f"{'library p50':>11} {'p99 ms':>9} {'req/s':>11} {'records/s':>13}")
+    scorer = ", scored in the ingress" if args.in_ingress else ""
+    print(f"\nper-user DFP scoring, {cpus} CPUs{scorer}; ranges over {args.repeats} repeats "
+          f"(load average at start {results['load_avg_start'][0]:.1f}); HTTP through Serve's proxy"
+          + (", HTTP straight to the replica (direct ingress)" if "direct" in paths else "") + ", library in-process")
+    cols = list(paths) + ["library"]
+    print(f"  {'request':>8} {'clients':>7} | " + " | ".join(f"{k + ' p50 ms':>15} {'p99':>5} {'records/s':>13}"
+                                                         for k in cols))
     table = []
     for size in (1, 100):
         for c in CONCURRENCY:
-            h = [r[(size, c)] for r in http_runs]
-            lib = [r[(size, c)] for r in lib_runs]
-            row = {"records_per_request": size, "clients": c, "http": h, "library": lib}
-            table.append(row)
-            print(f"  {size:>10} {c:>7} | {spread([x['p50_ms'] for x in h], '.1f'):>11} "
-                  f"{spread([x['p99_ms'] for x in h], '.0f'):>9} {spread([x['rps'] for x in h], '.0f'):>11} "
-                  f"{spread([x['records_per_s'] for x in h], '.0f'):>13} | "
-                  f"{spread([x['p50_ms'] for x in lib], '.1f'):>11} {spread([x['p99_ms'] for x in lib], '.0f'):>9} "
-                  f"{spread([x['rps'] for x in lib], '.0f'):>11} {spread([x['records_per_s'] for x in lib], '.0f'):>13}")
-    floor = [r["healthz_p50_ms"] for r in http_runs]
-    print(f"\nHTTP floor (GET /healthz: Serve's proxy and the ingress, no scoring), one client: p50 "
-          f"{spread(floor, '.1f')} ms")
-    results["healthz_p50_ms"] = floor
-    single = [r[(1, 1)]["p50_ms"] for r in http_runs]
-    batched = [max(r[(100, c)]["records_per_s"] for c in CONCURRENCY) for r in http_runs]
-    print(f"\ntargets: single-record p50 < 20 ms over HTTP: {spread(single, '.1f')} ms "
-          f"({'met' if max(single) < 20 else 'missed'}); >= 20,000 records/s batched: {spread(batched, '.0f')} "
-          f"({'met' if min(batched) >= 20_000 else 'missed'})")
+            runs = {k: [r[(size, c)] for r in http_runs[k]] for k in paths}
+            runs["library"] = [r[(size, c)] for r in lib_runs]
+            table.append({"records_per_request": size, "clients": c, **runs})
+            print(f"  {size:>8} {c:>7} | " + " | ".join(
+                f"{spread([x['p50_ms'] for x in runs[k]], '.1f'):>15} {spread([x['p99_ms'] for x in runs[k]], '.0f'):>5} "
+                f"{spread([x['records_per_s'] for x in runs[k]], '.0f'):>13}" for k in cols))
+    print()
+    for k in paths:
+        floor = [r["healthz_p50_ms"] for r in http_runs[k]]
+        results[f"healthz_p50_ms_{k}"] = floor
+        print(f"HTTP floor ({k}: GET /healthz, no scoring), one client: p50 {spread(floor, '.1f')} ms")
+    if "direct" in paths:
+        ratio = [d[(100, 32)]["records_per_s"] / p[(100, 32)]["records_per_s"]
+                 for d, p in zip(http_runs["direct"], http_runs["proxy"], strict=True)]
+        lat = [p[(1, 1)]["p50_ms"] / d[(1, 1)]["p50_ms"] for d, p in zip(http_runs["direct"], http_runs["proxy"],
+                                                                         strict=True)]
+        print(f"direct / proxy, same run: 100-record records/s at 32 clients x{spread(ratio, '.2f')}; "
+              f"single-record p50 {spread(lat, '.2f')}x lower")
+    for k in paths:
+        single = [r[(1, 1)]["p50_ms"] for r in http_runs[k]]
+        batched = [max(r[(100, c)]["records_per_s"] for c in CONCURRENCY) for r in http_runs[k]]
+        print(f"targets ({k}): single-record p50 < 20 ms over HTTP: {spread(single, '.1f')} ms "
+              f"({'met' if max(single) < 20 else 'missed'}); >= 20,000 records/s batched: {spread(batched, '.0f')} "
+              f"({'met' if min(batched) >= 20_000 else 'missed'})")
     results["table"] = table
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

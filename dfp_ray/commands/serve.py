@@ -23,6 +23,7 @@ SIGTERM), then removes the application (and stops the local Ray it started).
 Examples:
   dfp-ray serve --config configs/serve.yaml
   dfp-ray serve --config configs/serve.yaml --host 0.0.0.0 --port 8080
+  dfp-ray serve --config configs/serve.yaml --direct-ingress   # + each replica's own port, no proxy hop
   DFP_RAY_SERVE_TOKEN=s3cret dfp-ray serve --ray-address auto --detach
 See docs/serve.md. Exit code 2: bad configuration.
 """
@@ -33,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--ray-address", help="Ray cluster to deploy to, e.g. auto (default: start a local Ray)")
+    p.add_argument("--direct-ingress", action="store_true", default=None,
+                   help="the ingress replica also answers on its own port (30000 up, direct_ingress.min_port), "
+                   "skipping the proxy hop (5-10 ms less a call, ~1.7x the batched records/s on 2 cores); printed at start. "
+                   "With --ray-address the cluster must have been started with it (see docs/serve.md)")
     p.add_argument("--allow-model-code", action="store_true", default=None,
                    help="execute uploaded PyTorch model_def files (Python code, runs with the server's rights); "
                    "without it they are refused with 403")
@@ -59,6 +64,8 @@ def load(args: argparse.Namespace):
             overrides[key] = value
     if args.allow_model_code:
         overrides["fingerprint"] = {"allow_model_code": True}
+    if args.direct_ingress:
+        overrides["direct_ingress"] = {"enabled": True}
     for text in args.overrides or []:
         key, value = parse_override(text)
         set_dotted(overrides, key, value)
@@ -80,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from dfp_ray.serve.deployment import deploy
+    from dfp_ray.serve.deployment import deploy, direct_urls
 
     local = cfg.ray_address is None
     if local:
+        os.environ.update(cfg.direct_ingress.environment())  # Ray Serve reads them in the processes ray.init starts
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=cfg.ray_address, log_to_driver=False, configure_logging=False)
@@ -97,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
         url = deploy(cfg)
         auth = "bearer token required" if cfg.auth.resolve() else "no auth"
         print(f"dfp-ray serve: listening on {url} ({auth}; API docs: {url}/docs)", flush=True)
+        if cfg.direct_ingress.enabled:
+            urls = direct_urls(cfg)
+            if urls:
+                print(f"dfp-ray serve: direct ingress (no proxy hop) on {', '.join(urls)}", flush=True)
+            else:
+                env = " ".join(f"{k}={v}" for k, v in cfg.direct_ingress.environment().items())
+                print("dfp-ray serve: warning: direct_ingress is on but no replica reports its own port: the Ray "
+                      f"cluster was started without it; start it with `{env} ray start ...`", file=sys.stderr, flush=True)
         if args.detach:
             return 0
         while True:

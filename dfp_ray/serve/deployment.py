@@ -9,12 +9,14 @@
 * :func:`build_app` is the builder named in ``configs/serve_app.yaml`` (``serve run`` /
   ``serve deploy``): its ``args`` are ``config`` (a YAML path) and/or any config keys.
 * :func:`deploy` starts Serve's HTTP proxy on ``cfg.host:cfg.port`` and runs the app; it is
-  what ``dfp-ray serve`` calls.
+  what ``dfp-ray serve`` calls. :func:`direct_urls` lists the ingress replicas' own URLs when
+  Ray runs with direct ingress (``cfg.direct_ingress``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -104,3 +106,27 @@ def deploy(cfg: ServeConfig) -> str:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     return cfg.url()
+
+
+def direct_urls(cfg: ServeConfig, wait_s: float = 30.0) -> list[str]:
+    """The URLs of the app's ingress replicas when Ray Serve runs with direct ingress (each
+    replica answers HTTP on its own port, see :class:`~dfp_ray.serve.config.DirectIngressConfig`);
+    empty when it does not. Read from the controller's target groups (the same data the
+    dashboard's Serve API shows), waiting up to ``wait_s`` for the replicas to report their ports.
+    """
+    from ray.serve.context import _get_global_client
+
+    local_host = cfg.host in ("127.0.0.1", "localhost", "::1")
+    deadline = time.monotonic() + wait_s
+    while True:
+        details = _get_global_client().get_serve_details()
+        urls = []
+        for group in details.get("target_groups") or []:
+            if group.get("app_name") != cfg.app_name or str(group.get("protocol", "")).upper() not in ("HTTP", "REQUESTPROTOCOL.HTTP"):
+                continue
+            for target in group.get("targets") or []:
+                if target.get("port") != cfg.port:  # the proxy's own target when no replica is up yet
+                    urls.append(cfg.url(port=int(target["port"]), host=None if local_host else target.get("ip")))
+        if urls or time.monotonic() >= deadline:
+            return sorted(urls)
+        time.sleep(0.5)
