@@ -70,17 +70,28 @@ class Records:
         return out
 
 
-async def drive(call, records: Records, size: int, clients: int, seconds: float, max_requests: int) -> dict:
-    """``clients`` loops, each sending ``size``-record requests back to back, for ``seconds`` (bounded)."""
+RATE_CAP = 40_000  # records/s the pre-built bodies of one figure can feed for its ``seconds`` (2x the target)
+
+
+async def drive(call, records: Records, size: int, clients: int, seconds: float, max_requests: int,
+                encode=None) -> dict:
+    """``clients`` loops, each sending ``size``-record requests back to back, for ``seconds`` (bounded).
+
+    The bodies are built before the clock starts (copied records on a new day, then ``encode``d,
+    e.g. to JSON bytes), as a log shipper holds its batches ready: the two shared cores then
+    measure the server, not the benchmark's own copying and encoding. At most ``max_requests``
+    and ``RATE_CAP`` records/s of bodies exist, so the loop is bounded by both."""
+    n = min(max_requests, int(np.ceil(seconds * RATE_CAP / size)) + clients)
+    bodies = [records.take(size) for _ in range(n)]
+    if encode is not None:
+        bodies = [encode(b) for b in bodies]
+    bodies.reverse()  # popped from the end: time order
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
-    sent = 0
 
     async def client() -> None:
-        nonlocal sent
-        while time.perf_counter() < deadline and sent < max_requests:
-            sent += 1
-            body = records.take(size)
+        while time.perf_counter() < deadline and bodies:
+            body = bodies.pop()
             t = time.perf_counter()
             await call(body)
             latencies.append(time.perf_counter() - t)
@@ -158,24 +169,30 @@ def run_library(service, base: list[dict], seconds: float, max_requests: int) ->
     return asyncio.run(all_figures())
 
 
-def run_http(url: str, base: list[dict], seconds: float, max_requests: int) -> dict:
+def run_http(urls: list[str], base: list[dict], seconds: float, max_requests: int) -> dict:
+    """HTTP figures; requests go round-robin over ``urls`` (one URL, or each ingress replica's own
+    port with direct ingress and several ingress replicas)."""
+    import itertools
+
     import aiohttp
     import orjson
 
     recs = Records(base)
+    turn = itertools.cycle(urls)
+    url = urls[0]
 
     async def all_figures():
         conn = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=conn) as session:
             async def call(body):
-                async with session.post(f"{url}/dfp/duo/score", data=orjson.dumps(body),
+                async with session.post(f"{next(turn)}/dfp/duo/score", data=body,
                                         headers={"Content-Type": "application/json"},
                                         timeout=aiohttp.ClientTimeout(total=120)) as r:
                     answer = orjson.loads(await r.read())
                     assert r.status == 200 and answer["errors"] == 0, (r.status, str(answer)[:300])
 
-            await drive(call, recs, 100, 1, 2.0, 50)
-            figures = {(size, c): await drive(call, recs, size, c, seconds, max_requests)
+            await drive(call, recs, 100, 1, 2.0, 50, encode=orjson.dumps)
+            figures = {(size, c): await drive(call, recs, size, c, seconds, max_requests, encode=orjson.dumps)
                        for size in (1, 100) for c in CONCURRENCY}
             # the floor of the HTTP path: proxy -> ingress -> answer, no scorer call
             times = []
@@ -208,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="deploy with dfp.scorer.in_ingress (the ingress scores itself: no scorer deployment)")
     p.add_argument("--no-direct", action="store_true",
                    help="start Ray without direct ingress (only the proxy path is measured)")
+    p.add_argument("--ingress-replicas", type=int, default=1,
+                   help="deployment.num_replicas (stateless with the scorer deployment; direct-ingress requests "
+                   "go round-robin over their ports)")
+    p.add_argument("--scorer-replicas", type=int, default=1,
+                   help="dfp.scorer.num_replicas (users spread over them by Serve's model multiplexing)")
     p.add_argument("--grpc-handles", action="store_true",
                    help="direct_ingress.grpc_handles: the ingress calls the scorer over gRPC")
     args = p.parse_args(argv)
@@ -233,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(reg.inference_records)} inference records", flush=True)
         cfg = app_config(root, "bench", {
             "direct_ingress": direct_cfg,
-            "deployment": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)}},
+            "deployment": {"max_ongoing_requests": 64, "num_replicas": args.ingress_replicas,
+                           "ray_actor_options": {"num_cpus": min(1.0, cpus / 2) / args.ingress_replicas}},
             "dfp": {"sources": {"duo": {"pipeline": {"state_dir": reg.cfg.state_dir}}}, "refresh_s": 30.0,
-                    "scorer": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)},
+                    "scorer": {"max_ongoing_requests": 64, "num_replicas": args.scorer_replicas, "ray_actor_options": {"num_cpus": min(1.0, cpus / 2)},
                                "in_ingress": args.in_ingress}},
         })
         from dfp_ray.serve.config import resolved
@@ -260,15 +283,15 @@ def main(argv: list[str] | None = None) -> int:
 
         port = free_port()
         app = start_apps(port, {"bench": (cfg, "/")})["bench"]
-        paths = {"proxy": app.url}
+        paths = {"proxy": [app.url]}
         if not args.no_direct:
             from dfp_ray.serve.deployment import direct_urls
 
             urls = direct_urls(app.cfg, wait_s=60)
             if not urls:
                 raise SystemExit("direct ingress: no replica reported its own port (see docs/serve.md)")
-            paths["direct"] = urls[0]
-            print(f"direct ingress: the ingress replica answers on {urls[0]}", flush=True)
+            paths["direct"] = urls
+            print(f"direct ingress: the ingress replicas answer on {', '.join(urls)}", flush=True)
         lib_runs: list = []
         http_runs: dict[str, list] = {k: [] for k in paths}
         for rep in range(args.repeats):

@@ -55,6 +55,8 @@ from dfp_ray.schemas.model import MISSING_CATEGORY, FieldSpec, SourceSchema
 
 _PERIOD_NS = {"D": 86_400 * 10**9, "h": 3600 * 10**9, "H": 3600 * 10**9, "min": 60 * 10**9, "T": 60 * 10**9}
 _INT64 = 2**63
+_TEXT_TYPES = {str, type(None)}
+_NESTED = (dict, list, tuple, set)  # a leaf holding one of these is not a plain value: the pandas path
 Z_SUFFIX = "_z_loss"
 
 
@@ -99,6 +101,7 @@ class FastMapper:
         self._bools = {s.name: _BoolWords.of(s) for s in schema.fields if s.type == "bool"}
         # a record with a top-level key of a field's name: map_fields may read that column instead
         self._names = [s.name for s in schema.fields if s.path is not None and s.path != s.name]
+        self._dotted_layouts: dict[tuple[str, ...], bool] = {}  # an object's keys -> any of them dotted
         self._compile_paths()
 
     @staticmethod
@@ -206,14 +209,25 @@ class FastMapper:
     def _leaves(self, records: Sequence[Any]) -> list[list[Any]] | None:
         """Each leaf's values over the records (None where absent or under a null), or None when
         a record is not a plain object: not a dict, dotted keys in it or in an object on a
-        field's path, an object on a path that is not one, a top-level key of a field's name."""
+        field's path, an object on a path that is not one, a top-level key of a field's name.
+
+        Per record this is dictionary lookups only: whether an object's keys hold a dot is
+        decided once per key layout (records of one source share a few), and the leaves are
+        checked for nested values once per column by their types."""
         names = self._names
         node_keys = self._nodes
         leaf_keys = self._leaves_at
+        dotted = self._dotted_layouts
         cols: list[list[Any]] = [[] for _ in leaf_keys]
         appends = [c.append for c in cols]
         for rec in records:
-            if type(rec) is not dict or "." in "".join(rec):
+            if type(rec) is not dict:
+                return None
+            layout = tuple(rec)
+            bad = dotted.get(layout)
+            if bad is None:
+                bad = dotted[layout] = "." in "".join(layout)
+            if bad:
                 return None
             for name in names:  # a column of that name would exist: map_fields may read it
                 v = rec.get(name)
@@ -223,23 +237,31 @@ class FastMapper:
             for parent, key in node_keys:
                 up = nodes[parent]
                 v = None if up is None else up.get(key)
-                if v is not None and (type(v) is not dict or "." in "".join(v)):
-                    return None
+                if v is not None:
+                    if type(v) is not dict:
+                        return None
+                    layout = tuple(v)
+                    bad = dotted.get(layout)
+                    if bad is None:
+                        bad = dotted[layout] = "." in "".join(layout)
+                    if bad:
+                        return None
                 nodes.append(v)
             for (at, key), add in zip(leaf_keys, appends, strict=True):
                 up = nodes[at]
                 add(None if up is None else up.get(key))
+            if len(dotted) > 4096:  # bounded: sources whose key layouts vary a lot start afresh
+                dotted.clear()
         for col in cols:
-            for v in col:
-                if isinstance(v, dict | list | tuple | set):
-                    return None
+            if any(issubclass(t, _NESTED) for t in set(map(type, col))):
+                return None
         return cols
 
     @staticmethod
     def _texts(col: list[Any], spec: FieldSpec) -> list[Any] | None:
         """A string field's values (text; None for missing or empty), or None for another type."""
         col = _without_missing_all(col, spec)
-        if col is None or not all(v is None or type(v) is str for v in col):
+        if col is None or not set(map(type, col)) <= _TEXT_TYPES:
             return None
         return [v or None for v in col]
 
