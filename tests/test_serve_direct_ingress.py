@@ -42,6 +42,22 @@ def test_a_port_range_upside_down_is_a_config_error_naming_both_keys():
     assert "direct_ingress.max_port 30000 is below min_port 31000" in str(err.value)
 
 
+def test_build_app_on_a_cluster_started_without_direct_ingress_says_how_to_start_it(monkeypatch, caplog):
+    from dfp_ray.serve.deployment import build_app
+
+    monkeypatch.delenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", raising=False)
+    with caplog.at_level("WARNING", logger="dfp_ray.serve.deployment"):
+        build_app({"direct_ingress": {"enabled": True, "min_port": 30100}})
+    (warning,) = [r.getMessage() for r in caplog.records if "direct_ingress" in r.getMessage()]
+    assert "started without direct ingress" in warning
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=30100" in warning
+    caplog.clear()
+    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")  # a cluster started with it: nothing to say
+    with caplog.at_level("WARNING", logger="dfp_ray.serve.deployment"):
+        build_app({"direct_ingress": {"enabled": True}})
+    assert not [r for r in caplog.records if "direct_ingress" in r.getMessage()]
+
+
 def listening_addresses(port: int) -> set[str]:
     """The IPv4/IPv6 addresses a TCP socket listens on at ``port``, from /proc/net/tcp{,6}."""
     found = set()

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -98,7 +99,14 @@ def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: ``args`` = ``{"config": "configs/serve.yaml", <overrides>...}``."""
     overrides = dict(args)
     path = overrides.pop("config", None)
-    return application(load_serve_config(path, overrides))
+    cfg = load_serve_config(path, overrides)
+    if cfg.direct_ingress.enabled and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
+        # the builder runs in a process of the cluster, so it sees the environment Ray was started with
+        env = " ".join(f"{k}={v}" for k, v in cfg.direct_ingress.environment().items())
+        log.warning("direct_ingress.enabled is set but this Ray cluster was started without direct ingress: "
+                       "the replicas answer only through the proxy. Start every node with `%s ray start ...` "
+                       "(docs/serve.md, \"Direct ingress\")", env)
+    return application(cfg)
 
 
 def deploy(cfg: ServeConfig) -> str:
