@@ -179,7 +179,7 @@ def run_http(urls: list[str], base: list[dict], seconds: float, max_requests: in
 
     recs = Records(base)
     turn = itertools.cycle(urls)
-    url = urls[0]
+    url = urls[0]  # the GET /healthz floor is timed on the first
 
     async def all_figures():
         conn = aiohttp.TCPConnector(limit=64)

@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
             if urls:
                 print(f"dfp-ray serve: direct ingress (no proxy hop) on {', '.join(urls)}", flush=True)
             else:
-                env = " ".join(f"{k}={v}" for k, v in cfg.direct_ingress.environment().items())
                 print("dfp-ray serve: warning: direct_ingress is on but no replica reports its own port: the Ray "
-                      f"cluster was started without it; start it with `{env} ray start ...`", file=sys.stderr, flush=True)
+                      f"cluster was started without it; start it with `{cfg.direct_ingress.shell_prefix()} ray start ...`",
+                      file=sys.stderr, flush=True)
         if args.detach:
             return 0
         while True:

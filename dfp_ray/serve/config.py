@@ -313,6 +313,10 @@ class DirectIngressConfig(_Strict):
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{self.drain_s:g}",
         }
 
+    def shell_prefix(self) -> str:
+        """:meth:`environment` as the ``K=V ...`` words to put before ``ray start`` (messages, docs)."""
+        return " ".join(f"{k}={v}" for k, v in self.environment().items())
+
 
 class ServeConfig(_Strict):
     """Everything `dfp-ray serve` needs; every key is optional."""

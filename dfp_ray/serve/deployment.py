@@ -102,10 +102,9 @@ def build_app(args: dict[str, Any]) -> Application:
     cfg = load_serve_config(path, overrides)
     if cfg.direct_ingress.enabled and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
         # the builder runs in a process of the cluster, so it sees the environment Ray was started with
-        env = " ".join(f"{k}={v}" for k, v in cfg.direct_ingress.environment().items())
         log.warning("direct_ingress.enabled is set but this Ray cluster was started without direct ingress: "
                        "the replicas answer only through the proxy. Start every node with `%s ray start ...` "
-                       "(docs/serve.md, \"Direct ingress\")", env)
+                       "(docs/serve.md, \"Direct ingress\")", cfg.direct_ingress.shell_prefix())
     return application(cfg)
 
 
@@ -130,7 +129,7 @@ def direct_urls(cfg: ServeConfig, wait_s: float = 30.0) -> list[str]:
         details = _get_global_client().get_serve_details()
         urls = []
         for group in details.get("target_groups") or []:
-            if group.get("app_name") != cfg.app_name or str(group.get("protocol", "")).upper() not in ("HTTP", "REQUESTPROTOCOL.HTTP"):
+            if group.get("app_name") != cfg.app_name or group.get("protocol") != "HTTP":  # a str enum or its value
                 continue
             for target in group.get("targets") or []:
                 if target.get("port") != cfg.port:  # the proxy's own target when no replica is up yet

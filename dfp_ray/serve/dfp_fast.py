@@ -217,17 +217,13 @@ class FastMapper:
         names = self._names
         node_keys = self._nodes
         leaf_keys = self._leaves_at
-        dotted = self._dotted_layouts
+        dotted = self._has_dotted_key
+        if len(self._dotted_layouts) > 4096:  # bounded: sources whose key layouts vary a lot start afresh
+            self._dotted_layouts.clear()
         cols: list[list[Any]] = [[] for _ in leaf_keys]
         appends = [c.append for c in cols]
         for rec in records:
-            if type(rec) is not dict:
-                return None
-            layout = tuple(rec)
-            bad = dotted.get(layout)
-            if bad is None:
-                bad = dotted[layout] = "." in "".join(layout)
-            if bad:
+            if type(rec) is not dict or dotted(rec):
                 return None
             for name in names:  # a column of that name would exist: map_fields may read it
                 v = rec.get(name)
@@ -237,25 +233,24 @@ class FastMapper:
             for parent, key in node_keys:
                 up = nodes[parent]
                 v = None if up is None else up.get(key)
-                if v is not None:
-                    if type(v) is not dict:
-                        return None
-                    layout = tuple(v)
-                    bad = dotted.get(layout)
-                    if bad is None:
-                        bad = dotted[layout] = "." in "".join(layout)
-                    if bad:
-                        return None
+                if v is not None and (type(v) is not dict or dotted(v)):
+                    return None
                 nodes.append(v)
             for (at, key), add in zip(leaf_keys, appends, strict=True):
                 up = nodes[at]
                 add(None if up is None else up.get(key))
-            if len(dotted) > 4096:  # bounded: sources whose key layouts vary a lot start afresh
-                dotted.clear()
         for col in cols:
             if any(issubclass(t, _NESTED) for t in set(map(type, col))):
                 return None
         return cols
+
+    def _has_dotted_key(self, obj: dict) -> bool:
+        """Whether a key of ``obj`` holds a dot, decided once per key layout (cached)."""
+        layout = tuple(obj)
+        bad = self._dotted_layouts.get(layout)
+        if bad is None:
+            bad = self._dotted_layouts[layout] = "." in "".join(layout)
+        return bad
 
     @staticmethod
     def _texts(col: list[Any], spec: FieldSpec) -> list[Any] | None:
